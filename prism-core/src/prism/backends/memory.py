@@ -1,0 +1,154 @@
+"""The ``memory`` backend: the reference implementation of every KeyValue capability.
+
+Data lives in the process and is lost when it exits. Every operation runs without
+awaiting in between, so on one event loop each call is atomic, which is what
+``kv.atomic_mutate`` asks for.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+
+import attrs
+
+from prism import capabilities
+from prism.plugins import hookimpl
+from prism.plugins.registry import BackendRegistry
+from prism.spi import KeyValueBackendType, KeyValueTraits, ReadQuery, StoredItem, Version
+
+MiB = 1024 * 1024
+
+
+@attrs.frozen
+class MemorySettings:
+    max_item_bytes: int = MiB
+    """Values above this are chunked by the core (as Netflix does above 1 MiB)."""
+    max_value_bytes: int = 64 * MiB
+
+
+@attrs.define
+class _Record:
+    keys: list[bytes] = attrs.Factory(list)  # sorted
+    rows: dict[bytes, StoredItem] = attrs.Factory(dict)
+
+
+class MemoryKeyValue:
+    def __init__(self, name: str, settings: MemorySettings) -> None:
+        self.name = name
+        self.settings = settings
+        self._namespaces: dict[str, dict[str, _Record]] = {}
+        self._chunks: dict[tuple[str, str, bytes, str], list[bytes]] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def provision(self, namespace: str) -> None:
+        self._namespaces.setdefault(namespace, {})
+
+    def _records(self, namespace: str) -> dict[str, _Record]:
+        return self._namespaces.setdefault(namespace, {})
+
+    async def write(
+        self, namespace: str, record_id: str, items: Sequence[StoredItem], *, atomic: bool
+    ) -> list[StoredItem]:
+        record = self._records(namespace).setdefault(record_id, _Record())
+        replaced: list[StoredItem] = []
+        for item in items:
+            current = record.rows.get(item.key)
+            if current is None:
+                bisect.insort(record.keys, item.key)
+            elif current.version >= item.version:
+                continue
+            elif current.chunk_count:
+                replaced.append(current)
+            record.rows[item.key] = item
+        return replaced
+
+    async def read(self, namespace: str, record_id: str, query: ReadQuery) -> list[StoredItem]:
+        record = self._records(namespace).get(record_id)
+        if record is None:
+            return []
+        if query.keys is not None:
+            candidates = [k for k in query.keys if k in record.rows]
+        else:
+            lower = query.start if query.start is not None else b""
+            lo = bisect.bisect_left(record.keys, lower)
+            if query.after is not None:
+                lo = max(lo, bisect.bisect_right(record.keys, query.after))
+            candidates = record.keys[lo:]
+        out: list[StoredItem] = []
+        for key in candidates:
+            if len(out) >= query.limit:
+                break
+            if query.end is not None and key >= query.end:
+                break
+            if query.matches(key):
+                out.append(record.rows[key])
+        return out
+
+    async def remove(self, namespace: str, record_id: str, rows: Sequence[tuple[bytes, Version]]) -> None:
+        records = self._records(namespace)
+        record = records.get(record_id)
+        if record is None:
+            return
+        for key, version in rows:
+            current = record.rows.get(key)
+            if current is not None and current.version == version:
+                del record.rows[key]
+                record.keys.pop(bisect.bisect_left(record.keys, key))
+        if not record.rows:
+            del records[record_id]
+
+    async def scan_records(self, namespace: str, after: str | None, limit: int) -> list[str]:
+        ids = sorted(self._records(namespace), key=lambda r: r.encode("utf-8"))
+        if after is not None:
+            cut = after.encode("utf-8")
+            ids = [r for r in ids if r.encode("utf-8") > cut]
+        return ids[:limit]
+
+    async def write_chunks(
+        self,
+        namespace: str,
+        record_id: str,
+        key: bytes,
+        chunk_set: str,
+        chunks: Sequence[bytes],
+        expires_at_us: int | None,
+    ) -> None:
+        self._chunks[(namespace, record_id, key, chunk_set)] = list(chunks)
+
+    async def read_chunks(
+        self, namespace: str, record_id: str, key: bytes, chunk_set: str, count: int
+    ) -> list[bytes]:
+        return list(self._chunks.get((namespace, record_id, key, chunk_set), [])[:count])
+
+    async def delete_chunks(self, namespace: str, record_id: str, key: bytes, chunk_set: str) -> None:
+        self._chunks.pop((namespace, record_id, key, chunk_set), None)
+
+    async def close(self) -> None:
+        self._namespaces.clear()
+        self._chunks.clear()
+
+
+def _traits(settings: MemorySettings) -> KeyValueTraits:
+    return KeyValueTraits(
+        durability="ephemeral",
+        consistency="strong",
+        max_item_bytes=settings.max_item_bytes,
+        max_value_bytes=settings.max_value_bytes,
+    )
+
+
+KEYVALUE = KeyValueBackendType(
+    settings_type=MemorySettings,
+    create=MemoryKeyValue,
+    capabilities=frozenset({capabilities.KV_ATOMIC_MUTATE, capabilities.KV_SCAN}),
+    traits=_traits,
+    description="in-process reference backend; data is lost when the process exits",
+)
+
+
+@hookimpl
+def prism_register_keyvalue(registry: BackendRegistry) -> None:
+    registry.add_keyvalue("memory", KEYVALUE)

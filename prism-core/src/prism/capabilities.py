@@ -1,0 +1,33 @@
+"""The documented capability names a backend may declare.
+
+A capability a backend lacks is either emulated by the core (said below) or
+refused with :class:`prism.errors.Unsupported`; it is never silently ignored.
+The conformance suite checks both directions: a declared capability must pass
+its tests, and an undeclared one must be refused.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+KV_ATOMIC_MUTATE: Final = "kv.atomic_mutate"
+"""``mutate_items`` applies its puts and deletes all at once. Not emulated: a
+backend without it refuses ``mutate_items`` with ``Unsupported``."""
+
+KV_SCAN: Final = "kv.scan"
+"""``scan`` lists every record of a namespace. Not emulated: refused without it."""
+
+KV_NATIVE_TTL: Final = "kv.native_ttl"
+"""The datastore expires rows by itself. Without it, the core filters expired
+items out of every read and purges them, so TTL works on every backend; the
+capability only says who does the deleting."""
+
+KEYVALUE: Final = frozenset({KV_ATOMIC_MUTATE, KV_SCAN, KV_NATIVE_TTL})
+
+ALL: Final = KEYVALUE
+
+DESCRIPTIONS: Final = {
+    KV_ATOMIC_MUTATE: "mutate_items applies puts and deletes atomically",
+    KV_SCAN: "scan lists every record of a namespace",
+    KV_NATIVE_TTL: "the datastore expires items itself (otherwise the core filters and purges)",
+}

@@ -1,0 +1,204 @@
+"""The embedded client: Prism in process, no server.
+
+``prism.open()`` gives a synchronous handle and ``prism.open_async()`` an async
+one; both have the same shape::
+
+    with prism.open("prism.yaml") as db:
+        users = db.keyvalue("users")
+        users.put_items("user:1", {b"name": b"Ada"})
+
+    async with prism.open_async("prism.yaml") as db:
+        users = db.keyvalue("users")
+        await users.put_items("user:1", {b"name": b"Ada"})
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from prism.config import Config, resolve_config
+from prism.keyvalue.namespace import AsyncKeyValue
+from prism.models import IdempotencyToken, Item, ItemsPage, Mutation, Predicate, RecordsPage
+from prism.planner import NamespacePlan
+from prism.plugins.manager import PluginSet, load_plugins
+from prism.runtime import Runtime
+
+T = TypeVar("T")
+
+ConfigSource = Config | Mapping[str, Any] | str | os.PathLike[str] | None
+
+
+class AsyncPrism:
+    """An open Prism, for async code. Close it (or use ``async with``) when done."""
+
+    def __init__(self, config: ConfigSource = None, *, plugins: PluginSet | None = None) -> None:
+        self.plugins = plugins if plugins is not None else load_plugins()
+        self.config = resolve_config(config, self.plugins.registry)
+        self._runtime = Runtime(self.config, self.plugins)
+
+    def keyvalue(self, namespace: str) -> AsyncKeyValue:
+        """The KeyValue namespace ``namespace``.
+
+        :raises prism.NamespaceNotFound: it is not configured.
+        :raises prism.PlanError: no configured backend meets its needs.
+        """
+        return self._runtime.keyvalue(namespace)
+
+    def plan(self, namespace: str) -> NamespacePlan:
+        """Which backend serves ``namespace``, and why."""
+        return self._runtime.plan(namespace)
+
+    async def close(self) -> None:
+        await self._runtime.close()
+
+    async def __aenter__(self) -> AsyncPrism:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+def open_async(config: ConfigSource = None, *, plugins: PluginSet | None = None) -> AsyncPrism:
+    """Open Prism in process for async code.
+
+    :param config: a path to ``prism.yaml``, a mapping with the same content, a
+        :class:`prism.config.Config`, or None for ``./prism.yaml`` if present and
+        else the embedded default (SQLite in ``./prism-data/``).
+    """
+    return AsyncPrism(config, plugins=plugins)
+
+
+class _LoopThread:
+    """An event loop on a daemon thread. Sync calls run their coroutine there and
+    wait, so the sync client works from any thread, even one with its own loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="prism-embedded", daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+class KeyValue:
+    """One KeyValue namespace, synchronous. Same methods as :class:`AsyncKeyValue`."""
+
+    def __init__(self, inner: AsyncKeyValue, portal: _LoopThread) -> None:
+        self._inner = inner
+        self._portal = portal
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    @property
+    def backend_name(self) -> str:
+        return self._inner.backend_name
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return self._inner.capabilities
+
+    def __repr__(self) -> str:
+        return f"<KeyValue {self.name!r} on {self.backend_name!r}>"
+
+    def put_items(
+        self,
+        record_id: str,
+        items: Iterable[Item] | Mapping[bytes | str, bytes | str],
+        *,
+        token: IdempotencyToken | None = None,
+    ) -> None:
+        return self._portal.run(self._inner.put_items(record_id, items, token=token))
+
+    def get_items(
+        self,
+        record_id: str,
+        predicate: Predicate | None = None,
+        *,
+        limit: int | None = None,
+        page_size_bytes: int | None = None,
+        page_token: str | None = None,
+    ) -> ItemsPage:
+        return self._portal.run(
+            self._inner.get_items(
+                record_id, predicate, limit=limit, page_size_bytes=page_size_bytes, page_token=page_token
+            )
+        )
+
+    def delete_items(
+        self, record_id: str, predicate: Predicate | None = None, *, token: IdempotencyToken | None = None
+    ) -> None:
+        return self._portal.run(self._inner.delete_items(record_id, predicate, token=token))
+
+    def mutate_items(
+        self, record_id: str, mutations: Sequence[Mutation], *, token: IdempotencyToken | None = None
+    ) -> None:
+        return self._portal.run(self._inner.mutate_items(record_id, mutations, token=token))
+
+    def scan(self, *, limit: int | None = None, page_token: str | None = None) -> RecordsPage:
+        return self._portal.run(self._inner.scan(limit=limit, page_token=page_token))
+
+
+class Prism:
+    """An open Prism, for synchronous code. Close it (or use ``with``) when done."""
+
+    def __init__(self, config: ConfigSource = None, *, plugins: PluginSet | None = None) -> None:
+        self._async = AsyncPrism(config, plugins=plugins)
+        self._portal = _LoopThread()
+        self._handles: dict[str, KeyValue] = {}
+        self._closed = False
+
+    @property
+    def config(self) -> Config:
+        return self._async.config
+
+    @property
+    def plugins(self) -> PluginSet:
+        return self._async.plugins
+
+    def keyvalue(self, namespace: str) -> KeyValue:
+        """The KeyValue namespace ``namespace``; see :meth:`AsyncPrism.keyvalue`."""
+        handle = self._handles.get(namespace)
+        if handle is None:
+            handle = KeyValue(self._async.keyvalue(namespace), self._portal)
+            self._handles[namespace] = handle
+        return handle
+
+    def plan(self, namespace: str) -> NamespacePlan:
+        return self._async.plan(namespace)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._portal.run(self._async.close())
+        finally:
+            self._portal.stop()
+
+    def __enter__(self) -> Prism:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def open(config: ConfigSource = None, *, plugins: PluginSet | None = None) -> Prism:
+    """Open Prism in process for synchronous code; see :func:`open_async`."""
+    return Prism(config, plugins=plugins)

@@ -1,0 +1,398 @@
+"""``prism.yaml``: named backends and the namespaces planned onto them.
+
+Configuration is structured by one private cattrs converter that forbids unknown
+keys. Every problem in a file is collected and reported at once, each naming the
+path of the offending value and what was expected::
+
+    namespaces.users.needs.ttl: expected a duration like 30d, 12h or 500ms, got 'soon'
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import typing
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal, NewType
+
+import attrs
+import cattrs
+import yaml
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+
+from prism import capabilities
+from prism.errors import ConfigError
+from prism.plugins.registry import BackendRegistry
+from prism.spi import Consistency, Durability
+from prism.units import parse_duration, parse_size
+
+ByteSize = NewType("ByteSize", int)
+Abstraction = Literal["keyvalue"]
+ABSTRACTIONS: tuple[str, ...] = typing.get_args(Abstraction)
+
+#: Namespace names become table, keyspace and topic names, so they are kept to
+#: what every datastore accepts (Cassandra: 48 characters, letters, digits, _).
+NAMESPACE_NAME = re.compile(r"[a-z][a-z0-9_]{0,47}")
+BACKEND_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+
+DEFAULT_CONFIG_FILE = "prism.yaml"
+DEFAULT_DATA_DIR = "prism-data"
+
+
+@attrs.frozen
+class Needs:
+    """What a namespace needs; the planner finds a backend that meets it all.
+
+    ``ttl`` is also the namespace's default TTL for items written without one.
+    """
+
+    durability: Durability | None = None
+    consistency: Consistency | None = None
+    ttl: timedelta | None = None
+    max_value_bytes: ByteSize | None = None
+    read_rps: int | None = None
+    write_rps: int | None = None
+    capabilities: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Limits:
+    """Per-namespace limits, each enforced with an error that names it."""
+
+    max_key_bytes: ByteSize = ByteSize(2048)
+    max_value_bytes: ByteSize | None = None
+    """None: ``needs.max_value_bytes`` if given, else 8 MiB, capped by the backend."""
+    max_items_per_call: int = 1000
+    page_size_bytes: ByteSize = ByteSize(2 * 1024 * 1024)
+    """The default byte bound of a page; a request may ask for less or more."""
+    max_page_size_bytes: ByteSize = ByteSize(16 * 1024 * 1024)
+    max_page_items: int = 1000
+    tombstone_ttl: timedelta = timedelta(days=1)
+    """How long a delete protects against older writes arriving late."""
+    max_token_skew: timedelta = timedelta(minutes=10)
+    """How far in the future an idempotency token's time may be."""
+
+
+@attrs.frozen
+class NamespaceConfig:
+    abstraction: Abstraction
+    needs: Needs = Needs()
+    backend: str | None = None
+    limits: Limits = Limits()
+
+
+@attrs.frozen
+class BackendConfig:
+    """A named connection: the plugin and its structured settings."""
+
+    plugin: str
+    settings: Any
+
+
+@attrs.frozen
+class Config:
+    backends: Mapping[str, BackendConfig]
+    namespaces: Mapping[str, NamespaceConfig]
+    auto_namespaces: bool = False
+    """Plan undeclared namespaces on first use, with no needs and default limits.
+    On in the embedded default, off otherwise."""
+    page_token_secret: str | None = None
+    """Signs page tokens. Unset: a random secret per process, so page tokens do
+    not outlive the process. Also read from ``PRISM_PAGE_TOKEN_SECRET``."""
+    source: str | None = None
+    base_dir: Path = attrs.field(factory=Path.cwd)
+    """Relative paths in backend settings are resolved against this folder."""
+
+
+@attrs.frozen
+class _RawBackend:
+    plugin: str
+
+
+@attrs.frozen
+class _RawConfig:
+    backends: dict[str, dict[str, Any]] = attrs.Factory(dict)
+    namespaces: dict[str, NamespaceConfig] = attrs.Factory(dict)
+    auto_namespaces: bool = False
+    page_token_secret: str | None = None
+
+
+# -- the converter ----------------------------------------------------------------
+
+
+def _strict_int(value: object, _: type) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return value
+
+
+def _strict_str(value: object, _: type) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _strict_bool(value: object, _: type) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _is_literal(tp: Any) -> bool:
+    return typing.get_origin(tp) is Literal
+
+
+def _structure_literal(value: object, tp: Any) -> Any:
+    allowed = typing.get_args(tp)
+    if value not in allowed:
+        raise ValueError(f"expected one of {', '.join(map(repr, allowed))}, got {value!r}")
+    return value
+
+
+def _structure_capabilities(value: object, _: type) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"expected a list of capability names, got {value!r}")
+    unknown = [v for v in value if v not in capabilities.ALL]
+    if unknown:
+        raise ValueError(
+            f"unknown capabilities {unknown!r}; expected some of {', '.join(sorted(capabilities.ALL))}"
+        )
+    return tuple(value)
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    conv.register_structure_hook(int, _strict_int)
+    conv.register_structure_hook(str, _strict_str)
+    conv.register_structure_hook(bool, _strict_bool)
+    conv.register_structure_hook(timedelta, lambda v, _: parse_duration(v))
+    conv.register_structure_hook(ByteSize, lambda v, _: ByteSize(parse_size(v)))
+    conv.register_structure_hook(Path, lambda v, _: Path(_strict_str(v, str)))
+    conv.register_structure_hook_func(lambda t: t == tuple[str, ...], _structure_capabilities)
+    conv.register_structure_hook_func(_is_literal, _structure_literal)
+    return conv
+
+
+_converter = _make_converter()
+
+
+def structure(data: object, cls: type[Any]) -> Any:
+    """Structure ``data`` into ``cls`` with the configuration converter.
+
+    Plugins use it for their own settings types, so their errors read the same.
+    """
+    return _converter.structure(data, cls)
+
+
+# -- error reporting ----------------------------------------------------------------
+
+
+def _note_step(note: object) -> str | None:
+    name = getattr(note, "name", None)
+    if name is not None:
+        return str(name)
+    index = getattr(note, "index", None)
+    if index is not None:
+        return str(index)
+    return None
+
+
+def _join(path: str, step: str) -> str:
+    return f"{path}.{step}" if path else step
+
+
+def flatten_errors(exc: BaseException, path: str = "") -> list[str]:
+    """Turn a cattrs validation error into ``path: problem`` lines."""
+    if isinstance(exc, ClassValidationError):
+        with_notes, without = exc.group_exceptions()
+        out: list[str] = []
+        for sub, note in with_notes:
+            step = _note_step(note)
+            out += flatten_errors(sub, _join(path, step) if step else path)
+        for sub in without:
+            out += flatten_errors(sub, path)
+        return out
+    if isinstance(exc, IterableValidationError):
+        grouped, rest = exc.group_exceptions()
+        lines: list[str] = []
+        for item_exc, item_note in grouped:
+            lines += flatten_errors(item_exc, _join(path, str(item_note.index)))
+        for sub in rest:
+            lines += flatten_errors(sub, path)
+        return lines
+    if isinstance(exc, ForbiddenExtraKeysError):
+        known = [a.name for a in attrs.fields(exc.cl)] if attrs.has(exc.cl) else []
+        keys = ", ".join(repr(k) for k in sorted(exc.extra_fields))
+        hint = f"; expected one of: {', '.join(known)}" if known else ""
+        return [f"{path or '(top level)'}: unknown key {keys}{hint}"]
+    if isinstance(exc, KeyError):
+        return [
+            f"{path}: required key {exc.args[0]!r} is missing"
+            if path
+            else f"required key {exc.args[0]!r} is missing"
+        ]
+    if isinstance(exc, ExceptionGroup):
+        return [line for sub in exc.exceptions for line in flatten_errors(sub, path)]
+    message = str(exc)
+    if isinstance(exc, TypeError | AttributeError) or not message:
+        message = f"invalid value ({type(exc).__name__}: {exc})"
+    return [f"{path}: {message}" if path else message]
+
+
+def _missing_fields(data: Mapping[str, Any], cls: type[Any], path: str) -> list[str]:
+    return [
+        f"{_join(path, field.name)}: required key is missing"
+        for field in attrs.fields(cls)
+        if field.default is attrs.NOTHING and field.name not in data
+    ]
+
+
+# -- loading --------------------------------------------------------------------------
+
+
+def parse_config(
+    data: object,
+    registry: BackendRegistry,
+    *,
+    source: str | None = None,
+    base_dir: Path | None = None,
+) -> Config:
+    """Validate a parsed ``prism.yaml`` mapping against the loaded plugins.
+
+    :raises ConfigError: listing every problem found.
+    """
+    problems: list[str] = []
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            [f"expected a mapping with backends: and namespaces:, got {type(data).__name__}"], source
+        )
+
+    raw: _RawConfig | None = None
+    try:
+        raw = _converter.structure(data, _RawConfig)
+    except Exception as exc:
+        problems += flatten_errors(exc)
+        # Keep going with what can be salvaged, so that backend settings and
+        # pins are checked in the same run.
+        raw = _salvage(data, problems)
+
+    backends: dict[str, BackendConfig] = {}
+    for name, body in raw.backends.items():
+        path = f"backends.{name}"
+        if not BACKEND_NAME.fullmatch(name):
+            problems.append(f"{path}: backend names are letters, digits, '_' and '-', starting with a letter")
+        if not isinstance(body, Mapping):
+            problems.append(f"{path}: expected a mapping with plugin: and its settings, got {body!r}")
+            continue
+        plugin = body.get("plugin")
+        if plugin is None:
+            problems.append(f"{path}.plugin: required key is missing; name a plugin such as sqlite or memory")
+            continue
+        if not isinstance(plugin, str):
+            problems.append(f"{path}.plugin: expected a plugin name, got {plugin!r}")
+            continue
+        backend_type = registry.keyvalue.get(plugin)
+        if backend_type is None:
+            available = ", ".join(registry.names()) or "none"
+            problems.append(
+                f"{path}.plugin: no installed plugin is named {plugin!r} (available: {available}); "
+                f"install it (pip install prism-plugin-{plugin}) or check `prism plugins`"
+            )
+            continue
+        settings_data = {k: v for k, v in body.items() if k != "plugin"}
+        try:
+            settings = _converter.structure(settings_data, backend_type.settings_type)
+        except Exception as exc:
+            problems += flatten_errors(exc, path)
+            continue
+        backends[name] = BackendConfig(plugin=plugin, settings=settings)
+
+    for name, ns in raw.namespaces.items():
+        path = f"namespaces.{name}"
+        if not NAMESPACE_NAME.fullmatch(name):
+            problems.append(
+                f"{path}: namespace names are 1-48 lowercase letters, digits and '_', starting with a letter"
+            )
+        if ns.backend is not None and ns.backend not in raw.backends:
+            known = ", ".join(raw.backends) or "none configured"
+            problems.append(f"{path}.backend: no backend is named {ns.backend!r} (backends: {known})")
+
+    if problems:
+        raise ConfigError(problems, source)
+    secret = raw.page_token_secret or os.environ.get("PRISM_PAGE_TOKEN_SECRET") or None
+    return Config(
+        backends=backends,
+        namespaces=dict(raw.namespaces),
+        auto_namespaces=raw.auto_namespaces,
+        page_token_secret=secret,
+        source=source,
+        base_dir=base_dir or Path.cwd(),
+    )
+
+
+def _salvage(data: Mapping[str, Any], problems: list[str]) -> _RawConfig:
+    """Structure each namespace on its own, keeping the valid ones, so that one
+    bad namespace does not hide problems elsewhere. Problems were already
+    reported by the whole-file pass."""
+    backends = data.get("backends")
+    namespaces: dict[str, NamespaceConfig] = {}
+    raw_namespaces = data.get("namespaces")
+    if isinstance(raw_namespaces, Mapping):
+        for name, body in raw_namespaces.items():
+            try:
+                namespaces[str(name)] = _converter.structure(body, NamespaceConfig)
+            except Exception:
+                continue
+    return _RawConfig(
+        backends=dict(backends) if isinstance(backends, Mapping) else {},
+        namespaces=namespaces,
+    )
+
+
+def load_config(path: str | os.PathLike[str], registry: BackendRegistry) -> Config:
+    """Read and validate a ``prism.yaml`` file.
+
+    :raises ConfigError: when the file is missing, is not YAML, or is invalid.
+    """
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read the configuration file: {exc.strerror or exc}"], str(file)) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], str(file)) from exc
+    return parse_config(data, registry, source=str(file), base_dir=file.resolve().parent)
+
+
+def default_config_data(data_dir: str = DEFAULT_DATA_DIR) -> dict[str, Any]:
+    """The embedded default: SQLite in ``./prism-data/``, namespaces planned on use."""
+    return {
+        "backends": {"local": {"plugin": "sqlite", "path": f"{data_dir}/prism.db"}},
+        "namespaces": {},
+        "auto_namespaces": True,
+    }
+
+
+def resolve_config(
+    config: Config | Mapping[str, Any] | str | os.PathLike[str] | None,
+    registry: BackendRegistry,
+) -> Config:
+    """Turn what a user passed to ``prism.open`` or ``--config`` into a Config.
+
+    ``None`` means ``./prism.yaml`` when it exists, else the embedded default.
+    """
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, Mapping):
+        return parse_config(config, registry, source="<dict>")
+    if config is None:
+        if Path(DEFAULT_CONFIG_FILE).is_file():
+            return load_config(DEFAULT_CONFIG_FILE, registry)
+        return parse_config(default_config_data(), registry, source="<embedded default>")
+    return load_config(config, registry)

@@ -1,0 +1,162 @@
+"""Public value types of the KeyValue abstraction.
+
+Everything here is an immutable attrs class. Keys and values are bytes; the API
+accepts ``str`` too and encodes it as UTF-8.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+
+import attrs
+
+
+def _to_bytes(value: bytes | bytearray | memoryview | str) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"expected bytes or str, got {type(value).__name__}")
+
+
+def _optional_bytes(value: bytes | str | None) -> bytes | None:
+    return None if value is None else _to_bytes(value)
+
+
+def _sorted_keys(keys: Iterable[bytes | str]) -> tuple[bytes, ...]:
+    return tuple(sorted({_to_bytes(k) for k in keys}))
+
+
+def now_micros() -> int:
+    """The current time in microseconds since the epoch."""
+    return time.time_ns() // 1000
+
+
+def micros_to_datetime(micros: int) -> datetime:
+    return datetime.fromtimestamp(micros / 1_000_000, tz=UTC)
+
+
+def datetime_to_micros(value: datetime) -> int:
+    if value.tzinfo is None:
+        raise ValueError("datetimes must be timezone-aware (use datetime.now(UTC))")
+    delta = value - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+@attrs.frozen(order=True)
+class IdempotencyToken:
+    """Identifies one logical write, as in Netflix KV: a generation time and a
+    random nonce.
+
+    Writes are last-write-wins per item, ordered by ``(generation_time, nonce)``:
+    a write carrying an older token never overwrites a newer one, and replaying
+    a write with the same token changes nothing. Create one token per logical
+    write and reuse it on every retry or hedge of that write.
+    """
+
+    generation_time_us: int
+    nonce: str
+
+    @classmethod
+    def new(cls) -> IdempotencyToken:
+        """A token for a new write, stamped with the current time."""
+        return cls(now_micros(), os.urandom(8).hex())
+
+    @classmethod
+    def at(cls, when: datetime, nonce: str | None = None) -> IdempotencyToken:
+        """A token generated at ``when`` (timezone-aware)."""
+        return cls(datetime_to_micros(when), nonce if nonce is not None else os.urandom(8).hex())
+
+    @property
+    def generation_time(self) -> datetime:
+        return micros_to_datetime(self.generation_time_us)
+
+
+@attrs.frozen
+class Item:
+    """One item of a record: a key, a value, and optionally a TTL.
+
+    When written, ``ttl`` overrides the namespace's default TTL. When read,
+    ``expires_at`` tells when the item expires (None: never).
+    """
+
+    key: bytes = attrs.field(converter=_to_bytes)
+    value: bytes = attrs.field(converter=_to_bytes, repr=lambda v: f"<{len(v)} bytes>")
+    ttl: timedelta | None = None
+    expires_at: datetime | None = None
+
+
+# -- predicates ------------------------------------------------------------------
+
+
+@attrs.frozen
+class AllItems:
+    """Every item of the record, in key order."""
+
+
+@attrs.frozen
+class Keys:
+    """The items with these keys, in key order. Missing keys are absent from the result."""
+
+    keys: tuple[bytes, ...] = attrs.field(converter=_sorted_keys)
+
+
+@attrs.frozen
+class KeyRange:
+    """The items whose keys fall in ``[start, end)``, in key order.
+
+    ``start=None`` means from the first key; ``end=None`` means to the last key.
+    """
+
+    start: bytes | None = attrs.field(default=None, converter=_optional_bytes)
+    end: bytes | None = attrs.field(default=None, converter=_optional_bytes)
+
+
+Predicate = AllItems | Keys | KeyRange
+
+
+# -- mutations ------------------------------------------------------------------
+
+
+@attrs.frozen
+class Put:
+    """Write one item inside :meth:`KeyValue.mutate_items`."""
+
+    key: bytes = attrs.field(converter=_to_bytes)
+    value: bytes = attrs.field(converter=_to_bytes, repr=lambda v: f"<{len(v)} bytes>")
+    ttl: timedelta | None = None
+
+
+@attrs.frozen
+class Delete:
+    """Delete one item inside :meth:`KeyValue.mutate_items`."""
+
+    key: bytes = attrs.field(converter=_to_bytes)
+
+
+Mutation = Put | Delete
+
+
+# -- results --------------------------------------------------------------------
+
+
+@attrs.frozen
+class ItemsPage:
+    """One page of :meth:`KeyValue.get_items`. ``next_page_token`` is None on the last page."""
+
+    items: Sequence[Item]
+    next_page_token: str | None = None
+
+    def as_dict(self) -> dict[bytes, bytes]:
+        return {item.key: item.value for item in self.items}
+
+
+@attrs.frozen
+class RecordsPage:
+    """One page of :meth:`KeyValue.scan`: record ids in order."""
+
+    record_ids: Sequence[str]
+    next_page_token: str | None = None

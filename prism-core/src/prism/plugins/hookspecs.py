@@ -1,0 +1,46 @@
+"""Hook specifications for Prism backend plugins.
+
+Hooks are grouped by lifecycle. Today there is one stage, *registration*: right
+after the plugins are loaded, Prism calls every registration hook once with the
+same registry. Registration hooks return nothing; they add backend types to the
+registry they receive. Later abstractions add one registration hook each.
+
+Implement a hook by decorating a module-level function with :data:`hookimpl`.
+An implementation may ask for fewer arguments than the spec lists, so new
+arguments can be added to a spec without breaking existing plugins.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from prism.plugins.registry import BackendRegistry
+
+PROJECT_NAME = "prism"
+
+_hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+
+#: Marks a function as an implementation of a Prism hook.
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+# -------------------------------------------------------------------------
+# Registration hooks
+# -------------------------------------------------------------------------
+
+
+@_hookspec
+def prism_register_keyvalue(registry: BackendRegistry) -> None:
+    """Register the plugin's KeyValue backend types.
+
+    Called once, right after every plugin has been loaded and before any
+    configuration is read. Call ``registry.add_keyvalue(name, backend_type)`` for
+    each backend type the plugin provides; ``name`` is what ``plugin:`` refers to
+    in ``prism.yaml``, and is usually the plugin's entry-point name.
+
+    :param registry: The registry to add backend types to.
+    :return: Nothing; the registry holds the result.
+    """

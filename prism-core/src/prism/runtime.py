@@ -1,0 +1,138 @@
+"""The runtime: routes each namespace to a started, provisioned backend.
+
+One runtime belongs to one event loop. Backends are created when a namespace
+planned onto them is first opened, started and provisioned before its first
+operation, and closed with the runtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from prism.config import NAMESPACE_NAME, Config, NamespaceConfig
+from prism.errors import InvalidArgument, NamespaceNotFound, WrongAbstraction
+from prism.keyvalue.namespace import AsyncKeyValue
+from prism.pagetokens import PageTokenSigner
+from prism.planner import NamespacePlan, effective_max_value_bytes, plan_namespace
+from prism.plugins.manager import PluginSet
+from prism.spi import KeyValueBackend
+
+
+def resolve_settings_paths(settings: Any, base_dir: Path) -> Any:
+    """Resolve every relative ``pathlib.Path`` field of a settings object against
+    the configuration file's folder, so a config means the same from any cwd."""
+    if not attrs.has(type(settings)):
+        return settings
+    changes: dict[str, Path] = {}
+    for field in attrs.fields(type(settings)):
+        value = getattr(settings, field.name)
+        if isinstance(value, Path) and not value.is_absolute() and str(value) != ":memory:":
+            changes[field.name] = base_dir / value
+    return attrs.evolve(settings, **changes) if changes else settings
+
+
+class Runtime:
+    def __init__(self, config: Config, plugins: PluginSet) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.signer = PageTokenSigner(config.page_token_secret)
+        self._backends: dict[str, KeyValueBackend] = {}
+        self._started: dict[str, asyncio.Task[None]] = {}
+        self._provisioned: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._keyvalue: dict[str, AsyncKeyValue] = {}
+        self._closed = False
+
+    def namespace_config(self, name: str, abstraction: str) -> NamespaceConfig:
+        ns = self.config.namespaces.get(name)
+        if ns is None:
+            if not self.config.auto_namespaces:
+                raise NamespaceNotFound(name, list(self.config.namespaces))
+            if not isinstance(name, str) or not NAMESPACE_NAME.fullmatch(name):
+                raise InvalidArgument(
+                    f"namespace name {name!r} is invalid: use 1-48 lowercase letters, digits and '_', "
+                    "starting with a letter",
+                    field="namespace",
+                )
+            return NamespaceConfig(abstraction="keyvalue")
+        if ns.abstraction != abstraction:
+            raise WrongAbstraction(name, ns.abstraction, abstraction)
+        return ns
+
+    def plan(self, name: str, abstraction: str = "keyvalue") -> NamespacePlan:
+        """How a namespace is served. Raises if it is unknown or cannot be planned."""
+        return plan_namespace(
+            name, self.namespace_config(name, abstraction), self.config, self.plugins.registry
+        )
+
+    def keyvalue(self, name: str) -> AsyncKeyValue:
+        """The KeyValue namespace ``name``.
+
+        :raises NamespaceNotFound: it is not configured (and auto_namespaces is off).
+        :raises PlanError: no configured backend meets its needs.
+        """
+        if self._closed:
+            raise RuntimeError("this Prism handle is closed")
+        cached = self._keyvalue.get(name)
+        if cached is not None:
+            return cached
+        ns = self.namespace_config(name, "keyvalue")
+        chosen = plan_namespace(name, ns, self.config, self.plugins.registry)
+        backend_type = self.plugins.registry.keyvalue[chosen.plugin]
+        settings = self.config.backends[chosen.backend].settings
+        traits = backend_type.traits(settings)
+        backend = self._backends.get(chosen.backend)
+        if backend is None:
+            resolved = resolve_settings_paths(settings, self.config.base_dir)
+            backend = backend_type.create(chosen.backend, resolved)
+            self._backends[chosen.backend] = backend
+
+        async def ensure_ready() -> None:
+            await self._ensure_ready(chosen.backend, name)
+
+        handle = AsyncKeyValue(
+            name,
+            ns,
+            backend_name=chosen.backend,
+            backend=backend,
+            capabilities=backend_type.capabilities,
+            traits=traits,
+            signer=self.signer,
+            max_value_bytes=effective_max_value_bytes(ns, traits),
+            ensure_ready=ensure_ready,
+        )
+        self._keyvalue[name] = handle
+        return handle
+
+    async def _ensure_ready(self, backend_name: str, namespace: str) -> None:
+        # Tasks, not flags: concurrent first calls wait for the same start, and a
+        # failed start is retried by the next call instead of being cached.
+        started = self._started.get(backend_name)
+        if started is None or (started.done() and started.exception() is not None):
+            started = asyncio.ensure_future(self._backends[backend_name].start())
+            self._started[backend_name] = started
+        await asyncio.shield(started)
+        key = (backend_name, namespace)
+        provisioned = self._provisioned.get(key)
+        if provisioned is None or (provisioned.done() and provisioned.exception() is not None):
+            provisioned = asyncio.ensure_future(self._backends[backend_name].provision(namespace))
+            self._provisioned[key] = provisioned
+        await asyncio.shield(provisioned)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for name, backend in self._backends.items():
+            started = self._started.get(name)
+            if started is None:
+                continue
+            try:
+                await started
+            except Exception:
+                continue
+            await backend.close()
+        self._backends.clear()

@@ -1,0 +1,194 @@
+"""The storage SPI: what a backend implements for each abstraction.
+
+The core does every cross-cutting part once (validation and limits, chunking,
+pagination and page tokens, TTL filtering, idempotency, default TTLs). A backend
+only stores rows and answers the few questions below, atomically where the
+docstrings say so. The conformance suite (``prism-conformance``) proves a backend
+against these promises through the public API.
+
+KeyValue rows
+-------------
+A KeyValue row is a :class:`StoredItem`. Besides key and value it carries:
+
+* a *version*: ``(version_us, version_nonce)``, taken from the write's idempotency
+  token. A backend keeps, per ``(namespace, record, key)``, only the row with the
+  greatest version; writing a row whose version is equal to or older than the
+  stored one changes nothing. This is last-write-wins, and it must be decided by
+  the datastore atomically (a conditional write, a script, ``USING TIMESTAMP``),
+  never by a read followed by a write.
+* ``expires_at_us``: when the row expires. The core never returns an expired row,
+  so a backend without native TTL may keep expired rows until the core purges
+  them with :meth:`KeyValueBackend.remove`.
+* ``tombstone``: a delete is stored as a tombstone row with the delete's version,
+  so that an older write arriving late cannot resurrect the item. Tombstones
+  expire like any row (the core gives them an expiry).
+* ``chunk_count``/``chunk_set``: for a value above the backend's ``max_item_bytes``
+  the core first writes the value's chunks under a fresh ``chunk_set`` id, then
+  writes the row that points at them. Until that row wins, no reader can reach the
+  chunks, so readers see the whole value at once or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import attrs
+
+Durability = Literal["ephemeral", "durable"]
+Consistency = Literal["eventual", "read_your_writes", "strong"]
+
+#: Consistency levels from weakest to strongest; a backend meets every level up
+#: to the one it declares.
+CONSISTENCY_ORDER: tuple[Consistency, ...] = ("eventual", "read_your_writes", "strong")
+DURABILITY_ORDER: tuple[Durability, ...] = ("ephemeral", "durable")
+
+
+@attrs.frozen(order=True)
+class Version:
+    """A write's version: the idempotency token's time, then its nonce."""
+
+    micros: int
+    nonce: str
+
+
+@attrs.frozen
+class StoredItem:
+    """One KeyValue row as a backend stores it. See the module docstring."""
+
+    key: bytes
+    value: bytes
+    version: Version
+    expires_at_us: int | None = None
+    tombstone: bool = False
+    chunk_count: int = 0
+    chunk_set: str = ""
+    value_size: int = 0
+    """The size of the whole value; for a chunked row, the sum of its chunks."""
+
+    def expired(self, now_us: int) -> bool:
+        return self.expires_at_us is not None and self.expires_at_us <= now_us
+
+
+@attrs.frozen
+class ReadQuery:
+    """Which rows of one record :meth:`KeyValueBackend.read` returns.
+
+    Rows are returned in ascending key order (bytewise, unsigned), tombstones and
+    expired rows included, at most ``limit`` of them, and only rows whose key is:
+
+    * in ``keys``, when ``keys`` is not None;
+    * ``>= start`` when ``start`` is not None, and ``< end`` when ``end`` is not None;
+    * ``> after`` when ``after`` is not None (the pagination cursor).
+    """
+
+    limit: int
+    keys: tuple[bytes, ...] | None = None
+    start: bytes | None = None
+    end: bytes | None = None
+    after: bytes | None = None
+
+    def matches(self, key: bytes) -> bool:
+        """Whether ``key`` is selected; backends may use it to filter in memory."""
+        if self.keys is not None and key not in self.keys:
+            return False
+        if self.start is not None and key < self.start:
+            return False
+        if self.end is not None and key >= self.end:
+            return False
+        return not (self.after is not None and key <= self.after)
+
+
+@runtime_checkable
+class KeyValueBackend(Protocol):
+    """The KeyValue storage SPI. One instance serves every namespace planned onto
+    one configured backend; ``namespace`` arguments are already validated names."""
+
+    async def start(self) -> None:
+        """Connect. Called once before any other method."""
+
+    async def provision(self, namespace: str) -> None:
+        """Create what ``namespace`` needs (tables, keyspaces). Idempotent; called
+        before the namespace's first operation in each process."""
+
+    async def write(
+        self, namespace: str, record_id: str, items: Sequence[StoredItem], *, atomic: bool
+    ) -> list[StoredItem]:
+        """Store each row unless the stored row for its key has an equal or newer
+        version. Each row's decision is atomic. With ``atomic=True`` (only asked of
+        backends declaring ``kv.atomic_mutate``) all the rows are applied in one
+        transaction: a reader sees all of them or none.
+
+        Returns the previously stored rows that this call replaced and that had
+        chunks (``chunk_count > 0``), so that the core can delete chunk sets no
+        row points at any more. A backend that cannot tell atomically may read
+        before it writes: a race then only leaves an unreferenced chunk set
+        behind, never a wrong value."""
+
+    async def read(self, namespace: str, record_id: str, query: ReadQuery) -> list[StoredItem]:
+        """The rows ``query`` selects, in key order. See :class:`ReadQuery`."""
+
+    async def remove(self, namespace: str, record_id: str, rows: Sequence[tuple[bytes, Version]]) -> None:
+        """Physically delete each ``(key, version)`` row, only if the stored row
+        still has exactly that version. The core purges expired rows this way."""
+
+    async def scan_records(self, namespace: str, after: str | None, limit: int) -> list[str]:
+        """Up to ``limit`` ids of records that have rows, in ascending order
+        (by UTF-8 bytes), each ``> after`` when ``after`` is given. Only called on
+        backends declaring ``kv.scan``."""
+
+    async def write_chunks(
+        self,
+        namespace: str,
+        record_id: str,
+        key: bytes,
+        chunk_set: str,
+        chunks: Sequence[bytes],
+        expires_at_us: int | None,
+    ) -> None:
+        """Store the chunks of one large value under ``chunk_set``, numbered from 0."""
+
+    async def read_chunks(
+        self, namespace: str, record_id: str, key: bytes, chunk_set: str, count: int
+    ) -> list[bytes]:
+        """Chunks ``0..count-1`` of ``chunk_set`` in order; fewer (or none) if some
+        are gone, which the core takes as a sign that the row changed."""
+
+    async def delete_chunks(self, namespace: str, record_id: str, key: bytes, chunk_set: str) -> None:
+        """Delete every chunk of ``chunk_set``. Deleting a missing set is not an error."""
+
+    async def close(self) -> None:
+        """Release connections. No other method is called afterwards."""
+
+
+@attrs.frozen
+class KeyValueTraits:
+    """What one configured KeyValue backend offers; the planner matches namespace
+    needs against it. A backend type computes it from its settings."""
+
+    durability: Durability
+    consistency: Consistency
+    max_item_bytes: int
+    """The largest value stored in one row. The core chunks larger values."""
+    max_value_bytes: int
+    """The largest value a namespace on this backend may hold, chunks included."""
+    max_ttl: timedelta | None = None
+    """The longest TTL the backend can keep, or None for no limit."""
+
+
+@attrs.frozen
+class KeyValueBackendType:
+    """A KeyValue backend as a plugin registers it.
+
+    ``settings_type`` is an attrs class; the backend's settings in ``prism.yaml``
+    are structured into it, and unknown keys are errors. ``create`` builds an
+    unstarted backend from the configured name and the settings. ``traits`` tells
+    the planner what a backend with those settings offers.
+    """
+
+    settings_type: type[Any]
+    create: Callable[[str, Any], KeyValueBackend]
+    capabilities: frozenset[str]
+    traits: Callable[[Any], KeyValueTraits]
+    description: str = ""
