@@ -15,7 +15,7 @@ import typing
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal, NewType
+from typing import Any, Literal
 
 import attrs
 import cattrs
@@ -26,9 +26,8 @@ from prism import capabilities
 from prism.errors import ConfigError
 from prism.plugins.registry import BackendRegistry
 from prism.spi import Consistency, Durability
-from prism.units import parse_duration, parse_size
+from prism.units import ByteSize, parse_duration, parse_size
 
-ByteSize = NewType("ByteSize", int)
 Abstraction = Literal["keyvalue"]
 ABSTRACTIONS: tuple[str, ...] = typing.get_args(Abstraction)
 

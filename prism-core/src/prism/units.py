@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from typing import NewType
+
+#: A size in bytes; in configuration it may be written like ``8MiB``.
+ByteSize = NewType("ByteSize", int)
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|us|s|m|h|d|w)")
 _DURATION_UNITS = {

@@ -16,15 +16,16 @@ from prism import capabilities
 from prism.plugins import hookimpl
 from prism.plugins.registry import BackendRegistry
 from prism.spi import KeyValueBackendType, KeyValueTraits, ReadQuery, StoredItem, Version
+from prism.units import ByteSize
 
 MiB = 1024 * 1024
 
 
 @attrs.frozen
 class MemorySettings:
-    max_item_bytes: int = MiB
+    max_item_bytes: ByteSize = ByteSize(MiB)
     """Values above this are chunked by the core (as Netflix does above 1 MiB)."""
-    max_value_bytes: int = 64 * MiB
+    max_value_bytes: ByteSize = ByteSize(64 * MiB)
 
 
 @attrs.define

@@ -1,0 +1,75 @@
+"""Every developer task of the Prism workspace, as a nox session.
+
+./dev                 lint, types and tests (what CI runs)
+./dev -s demo         the embedded SQLite demo
+./dev -s tests -- -k sqlite   pass arguments through to pytest
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+MEMBERS = ["prism-core", "prism-plugin-sqlite", "conformance"]
+SRC_TREES = [f"{member}/src" for member in MEMBERS]
+TEST_DEPS = ["pytest>=8", "hypothesis>=6"]
+TOOLS = {"ruff": "ruff==0.17.6", "mypy": "mypy==2.4.1"}
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "types", "tests"]
+nox.options.error_on_missing_interpreters = True
+
+
+def _install_members(session: nox.Session, *, editable: bool = True) -> None:
+    args: list[str] = []
+    for member in MEMBERS:
+        args += ["-e", member] if editable else [member]
+    session.install(*args)
+
+
+@nox.session(python="3.11")
+def tests(session: nox.Session) -> None:
+    """Run every test of every member and the cross-package tests."""
+    _install_members(session)
+    session.install(*TEST_DEPS, "build")
+    session.run("pytest", *session.posargs, env={"PYTHONDONTWRITEBYTECODE": "1"})
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting."""
+    session.install(TOOLS["ruff"])
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python="3.11")
+def types(session: nox.Session) -> None:
+    """mypy --strict over every src tree."""
+    _install_members(session)
+    session.install(TOOLS["mypy"], "types-PyYAML", *TEST_DEPS)
+    session.run("mypy", "--strict", *SRC_TREES)
+
+
+@nox.session(python="3.11")
+def demo(session: nox.Session) -> None:
+    """Put, get and scan on the embedded SQLite default (data in ./prism-data/)."""
+    _install_members(session)
+    prism = ["prism", "--log-level", "warning"]
+    session.log("Plugins installed:")
+    session.run(*prism, "plugins")
+    session.log("Writing two users into namespace 'demo' (embedded SQLite in ./prism-data/):")
+    session.run(*prism, "kv", "put", "demo", "user:1", "name", "Ada Lovelace", "lang", "en")
+    session.run(*prism, "kv", "put", "demo", "user:2", "name", "Grace Hopper", "lang", "en", "--ttl", "1h")
+    session.log("Reading user:1:")
+    session.run(*prism, "kv", "get", "demo", "user:1")
+    session.log("Reading key 'name' of user:2:")
+    session.run(*prism, "kv", "get", "demo", "user:2", "name")
+    session.log("Scanning the namespace:")
+    session.run(*prism, "kv", "scan", "demo")
+    session.log("The same from Python:")
+    session.run("python", str(ROOT / "examples" / "embedded.py"), env={"PRISM_DEMO_DIR": os.getcwd()})
