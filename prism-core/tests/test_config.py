@@ -4,6 +4,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+
 from prism.config import load_config, parse_config, resolve_config
 from prism.errors import ConfigError
 from prism.plugins import load_plugins

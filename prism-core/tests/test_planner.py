@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from prism.config import parse_config
 from prism.errors import PlanError
 from prism.planner import plan, plan_namespace
