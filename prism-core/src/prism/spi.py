@@ -152,8 +152,9 @@ class KeyValueBackend(Protocol):
     async def read_chunks(
         self, namespace: str, record_id: str, key: bytes, chunk_set: str, count: int
     ) -> list[bytes]:
-        """Chunks ``0..count-1`` of ``chunk_set`` in order; fewer (or none) if some
-        are gone, which the core takes as a sign that the row changed."""
+        """Chunks ``0..count-1`` of ``chunk_set`` in order. If some are gone, return
+        only the unbroken run from chunk 0 (possibly none), never chunks with a gap;
+        the core takes a short answer as a sign that the row changed."""
 
     async def delete_chunks(self, namespace: str, record_id: str, key: bytes, chunk_set: str) -> None:
         """Delete every chunk of ``chunk_set``. Deleting a missing set is not an error."""

@@ -9,6 +9,7 @@ tokens. The backend underneath only stores rows (see :mod:`prism.spi`).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import struct
@@ -338,13 +339,21 @@ class AsyncKeyValue:
         try:
             replaced = await self._backend.write(self.name, record_id, rows, atomic=atomic)
         except BaseException:
-            for row in chunked:
-                await self._backend.delete_chunks(self.name, record_id, row.key, row.chunk_set)
+            # The write may have committed before it failed (a timeout, a
+            # cancellation): only chunks that no row points at may go.
+            await asyncio.shield(self._drop_unreferenced_chunks(record_id, chunked, best_effort=True))
             raise
         for old in replaced:
             await self._backend.delete_chunks(self.name, record_id, old.key, old.chunk_set)
-        if chunked:
-            # A chunked row that lost to a newer write leaves its chunks unreferenced.
+        # A chunked row that lost to a newer write leaves its chunks unreferenced.
+        await self._drop_unreferenced_chunks(record_id, chunked, best_effort=False)
+
+    async def _drop_unreferenced_chunks(
+        self, record_id: str, chunked: list[StoredItem], *, best_effort: bool
+    ) -> None:
+        if not chunked:
+            return
+        try:
             current = await self._backend.read(
                 self.name,
                 record_id,
@@ -354,6 +363,11 @@ class AsyncKeyValue:
             for row in chunked:
                 if (row.key, row.chunk_set) not in live_sets:
                     await self._backend.delete_chunks(self.name, record_id, row.key, row.chunk_set)
+        except Exception:
+            if not best_effort:
+                raise
+            # The datastore is failing already; an unreferenced chunk set is
+            # harmless, a deleted referenced one would lose the value.
 
     async def put_items(
         self,
