@@ -47,6 +47,8 @@ _BATCH = 256
 #: How often a reader re-reads a chunked row whose chunks changed under it.
 _CHUNK_READ_ATTEMPTS = 16
 _DEFAULT_SCAN_PAGE = 100
+#: The first read of a page; later reads of the same page double it.
+_FIRST_PAGE_BATCH = 128
 
 
 class _Clock:
@@ -590,9 +592,13 @@ class AsyncKeyValue:
         end = predicate.end if isinstance(predicate, KeyRange) else None
         items: list[Item] = []
         used = 0
+        batch = _FIRST_PAGE_BATCH
         while True:
-            # One row more than the page can take, to know whether another page exists.
-            want = min(max(max_count - len(items) + 1, 2), _BATCH * 4)
+            # One row more than the page can take, to know whether another page
+            # exists; but start small and grow, because rows may be large and
+            # the byte bound may fill the page long before the count does.
+            want = min(max_count - len(items) + 1, batch)
+            batch = min(batch * 2, _BATCH * 4)
             rows = await self._backend.read(
                 self.name, record_id, ReadQuery(limit=want, keys=keys, start=start, end=end, after=after)
             )
