@@ -17,16 +17,17 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 from prism.config import Config, resolve_config
 from prism.keyvalue.namespace import AsyncKeyValue
-from prism.models import IdempotencyToken, Item, ItemsPage, Mutation, Predicate, RecordsPage
+from prism.models import IdempotencyToken, ItemsInput, ItemsPage, Mutation, Predicate, RecordsPage
 from prism.planner import NamespacePlan
 from prism.plugins.manager import PluginSet, load_plugins
 from prism.runtime import Runtime
+from prism.spi import KeyValueTraits
 
 T = TypeVar("T")
 
@@ -112,13 +113,23 @@ class KeyValue:
     def capabilities(self) -> frozenset[str]:
         return self._inner.capabilities
 
+    @property
+    def traits(self) -> KeyValueTraits:
+        """What the backend serving this namespace offers (row size, durability…)."""
+        return self._inner.traits
+
+    @property
+    def max_value_bytes(self) -> int:
+        """The largest value this namespace accepts."""
+        return self._inner.max_value_bytes
+
     def __repr__(self) -> str:
         return f"<KeyValue {self.name!r} on {self.backend_name!r}>"
 
     def put_items(
         self,
         record_id: str,
-        items: Iterable[Item] | Mapping[bytes | str, bytes | str],
+        items: ItemsInput,
         *,
         token: IdempotencyToken | None = None,
     ) -> None:

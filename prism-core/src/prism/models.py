@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import attrs
@@ -116,6 +116,12 @@ class KeyRange:
 
 
 Predicate = AllItems | Keys | KeyRange
+
+#: What ``put_items`` accepts: items (each with an optional TTL), or a mapping
+#: of key to value with bytes or str on either side.
+ItemsInput = (
+    Iterable[Item] | Mapping[bytes, bytes] | Mapping[str, str] | Mapping[bytes, str] | Mapping[str, bytes]
+)
 
 
 # -- mutations ------------------------------------------------------------------

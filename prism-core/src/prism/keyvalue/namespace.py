@@ -13,7 +13,7 @@ import asyncio
 import base64
 import os
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -27,6 +27,7 @@ from prism.models import (
     Delete,
     IdempotencyToken,
     Item,
+    ItemsInput,
     ItemsPage,
     KeyRange,
     Keys,
@@ -276,11 +277,12 @@ class AsyncKeyValue:
 
     # -- writing --------------------------------------------------------------------
 
-    def _normalise_items(
-        self, record_id: str, items: Iterable[Item | Put] | Mapping[bytes | str, bytes | str]
-    ) -> list[_PendingPut]:
+    def _normalise_items(self, record_id: str, items: ItemsInput) -> list[_PendingPut]:
         if isinstance(items, Mapping):
-            pending = [_PendingPut(Item(k, v).key, Item(k, v).value, None) for k, v in items.items()]
+            pending = []
+            for key, value in items.items():
+                item = Item(key, value)
+                pending.append(_PendingPut(item.key, item.value, None))
         else:
             pending = []
             for entry in items:
@@ -374,7 +376,7 @@ class AsyncKeyValue:
     async def put_items(
         self,
         record_id: str,
-        items: Iterable[Item] | Mapping[bytes | str, bytes | str],
+        items: ItemsInput,
         *,
         token: IdempotencyToken | None = None,
     ) -> None:
@@ -415,6 +417,8 @@ class AsyncKeyValue:
         await self._ensure_ready()
         now_us = now_micros()
         if isinstance(predicate, Keys):
+            for key in predicate.keys:
+                self._check_key(key, record_id)
             rows = [self._tombstone(k, version, now_us) for k in predicate.keys]
             if rows:
                 await self._write(record_id, rows, [], atomic=False)
@@ -602,6 +606,7 @@ class AsyncKeyValue:
             rows = await self._backend.read(
                 self.name, record_id, ReadQuery(limit=want, keys=keys, start=start, end=end, after=after)
             )
+            self._check_progress(rows, after, want)
             now_us = now_micros()
             dead: list[StoredItem] = []
             full = False
@@ -628,11 +633,29 @@ class AsyncKeyValue:
             if len(rows) < want:
                 return ItemsPage(items, None)
 
+    def _check_progress(self, rows: Sequence[StoredItem], after: bytes | None, limit: int) -> None:
+        """Refuse rows out of order or behind the cursor: paging on them would
+        repeat items or never end."""
+        previous = after
+        for row in rows:
+            if previous is not None and row.key <= previous:
+                raise BackendError(
+                    f"namespace {self.name!r}: backend {self.backend_name!r} returned key {row.key!r} "
+                    f"at or before {previous!r}; rows must come in ascending key order after the cursor"
+                )
+            previous = row.key
+        if len(rows) > limit:
+            raise BackendError(
+                f"namespace {self.name!r}: backend {self.backend_name!r} returned {len(rows)} rows "
+                f"when asked for at most {limit}"
+            )
+
     async def scan(self, *, limit: int | None = None, page_token: str | None = None) -> RecordsPage:
         """List the ids of records that hold at least one live item, in order.
         Needs the ``kv.scan`` capability."""
         self._require(capabilities.KV_SCAN)
-        count, _ = self._page_limits(limit if limit is not None else _DEFAULT_SCAN_PAGE, None)
+        default = min(_DEFAULT_SCAN_PAGE, self._limits.max_page_items)
+        count, _ = self._page_limits(limit if limit is not None else default, None)
         after: str | None = None
         if page_token is not None:
             after = self._signer.open(page_token, self.name, "scan", b"")["after"]
