@@ -1,0 +1,45 @@
+"""The Prism conformance suite.
+
+A backend plugin proves itself with one subclass::
+
+    from prism_conformance import KeyValueSuite
+
+    class TestMine(KeyValueSuite):
+        backend = {"plugin": "mine", "url": "..."}
+
+and ``pytest``. Every test opens fresh, empty namespaces on that backend through
+Prism's public API. A test may be turned off only with :func:`opt_out`, which
+the report shows; ``--prism-report-dir DIR`` writes the report (JSON and
+Markdown) with the maturity level that follows from the results. ``prism
+conformance BACKEND`` does all of this without writing a test module
+(:func:`prism_conformance.runner.run`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+# The suite's modules hold the assertions; have pytest rewrite them (as it does
+# test modules) for readable failures. This must happen before they are
+# imported, which is why the suite itself is imported lazily below: importing
+# prism_conformance.runner in a CLI must not import the suite before pytest runs.
+pytest.register_assert_rewrite("prism_conformance.keyvalue")
+
+from prism_conformance.marks import opt_out, requires_capability  # noqa: E402
+
+if TYPE_CHECKING:
+    from prism_conformance.keyvalue import KeyValueSuite
+
+__version__ = "0.1.0"
+
+__all__ = ["KeyValueSuite", "__version__", "opt_out", "requires_capability"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "KeyValueSuite":
+        from prism_conformance.keyvalue import KeyValueSuite
+
+        return KeyValueSuite
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,197 @@
+"""Small helpers the KeyValue suite tests share: polling with a deadline,
+walking every page, running threads, deterministic data and readable diffs."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+
+import attrs
+
+import prism
+from prism import IdempotencyToken, Item, ItemsPage, RecordsPage
+from prism.models import Predicate
+
+#: How long a condition that depends on time passing (TTL) may take to hold.
+#: Generous, because a loaded CI machine is slow; polling returns early.
+POLL_DEADLINE = timedelta(seconds=10)
+POLL_INTERVAL = timedelta(milliseconds=25)
+#: Longest a thread of a concurrency test may run before the test gives up.
+THREAD_DEADLINE = timedelta(seconds=120)
+#: Guards against a page token that never ends a listing.
+MAX_PAGES = 5_000
+
+
+def wait_until(
+    condition: Callable[[], bool],
+    *,
+    what: str,
+    deadline: timedelta = POLL_DEADLINE,
+    interval: timedelta = POLL_INTERVAL,
+) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` at the deadline.
+
+    Waiting is only ever for a condition, never for a fixed time, so a fast
+    backend finishes fast and a slow one gets the whole deadline.
+    """
+    give_up = time.monotonic() + deadline.total_seconds()
+    while True:
+        if condition():
+            return
+        if time.monotonic() >= give_up:
+            raise AssertionError(f"{what}: still not true after {deadline.total_seconds():g}s")
+        time.sleep(interval.total_seconds())
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def pairs(items: Iterable[Item]) -> list[tuple[bytes, bytes]]:
+    """(key, value) pairs, the shape most assertions compare."""
+    return [(item.key, item.value) for item in items]
+
+
+def keys_of(items: Iterable[Item]) -> list[bytes]:
+    return [item.key for item in items]
+
+
+def item_pages(
+    kv: prism.KeyValue,
+    record_id: str,
+    predicate: Predicate | None = None,
+    *,
+    limit: int | None = None,
+    page_size_bytes: int | None = None,
+    page_token: str | None = None,
+) -> list[ItemsPage]:
+    """Every page of one listing (from ``page_token`` on, if given), following
+    ``next_page_token`` to the end."""
+    pages: list[ItemsPage] = []
+    token = page_token
+    while True:
+        if len(pages) >= MAX_PAGES:
+            raise AssertionError(f"record {record_id!r}: more than {MAX_PAGES} pages; the listing never ends")
+        pages.append(
+            kv.get_items(record_id, predicate, limit=limit, page_size_bytes=page_size_bytes, page_token=token)
+        )
+        token = pages[-1].next_page_token
+        if token is None:
+            return pages
+
+
+def all_items(
+    kv: prism.KeyValue,
+    record_id: str,
+    predicate: Predicate | None = None,
+    *,
+    limit: int | None = None,
+    page_size_bytes: int | None = None,
+) -> list[Item]:
+    """Every item of one listing, across all its pages."""
+    return [
+        item
+        for page in item_pages(kv, record_id, predicate, limit=limit, page_size_bytes=page_size_bytes)
+        for item in page.items
+    ]
+
+
+def record_pages(
+    kv: prism.KeyValue, *, limit: int | None = None, page_token: str | None = None
+) -> list[RecordsPage]:
+    """Every page of a scan (from ``page_token`` on, if given)."""
+    pages: list[RecordsPage] = []
+    token = page_token
+    while True:
+        if len(pages) >= MAX_PAGES:
+            raise AssertionError(
+                f"namespace {kv.name!r}: more than {MAX_PAGES} scan pages; the scan never ends"
+            )
+        pages.append(kv.scan(limit=limit, page_token=token))
+        token = pages[-1].next_page_token
+        if token is None:
+            return pages
+
+
+def scanned_ids(kv: prism.KeyValue, *, limit: int | None = None) -> list[str]:
+    return [record_id for page in record_pages(kv, limit=limit) for record_id in page.record_ids]
+
+
+def utf8_order(record_ids: Iterable[str]) -> list[str]:
+    """Record ids in the order a scan lists them: by their UTF-8 bytes."""
+    return sorted(record_ids, key=lambda r: r.encode("utf-8"))
+
+
+class Tokens:
+    """Idempotency tokens at chosen times, an hour in the past (so no token is
+    ever refused for being in the future), with readable nonces."""
+
+    def __init__(self) -> None:
+        self.base_us = time.time_ns() // 1000 - 3_600_000_000
+
+    def at(self, seconds: float, nonce: str = "n") -> IdempotencyToken:
+        return IdempotencyToken(self.base_us + round(seconds * 1_000_000), nonce)
+
+
+def random_bytes(seed: str, size: int) -> bytes:
+    """Deterministic bytes with no period, so chunks swapped or shifted in a
+    value never compare equal to the original."""
+    return random.Random(seed).randbytes(size)
+
+
+def describe_bytes_difference(got: bytes, expected: bytes) -> str:
+    """A short, readable account of how two large values differ."""
+    if got == expected:
+        return "equal"
+    if len(got) != len(expected):
+        return f"got {len(got)} bytes, expected {len(expected)} bytes"
+    first = next(i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b)
+    return (
+        f"same length ({len(got)} bytes) but they differ from offset {first}; "
+        f"sha256 got {hashlib.sha256(got).hexdigest()[:16]}, expected {hashlib.sha256(expected).hexdigest()[:16]}"
+    )
+
+
+@attrs.define
+class ThreadOutcome:
+    errors: list[BaseException] = attrs.Factory(list)
+
+
+def run_threads(targets: Sequence[Callable[[], None]], *, names: Sequence[str] | None = None) -> None:
+    """Run each target on its own thread, started together, and re-raise the
+    first exception any of them raised. Fails rather than hangs if a thread
+    does not finish within :data:`THREAD_DEADLINE`."""
+    outcome = ThreadOutcome()
+    lock = threading.Lock()
+    start = threading.Barrier(len(targets))
+
+    def wrap(target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                start.wait(timeout=THREAD_DEADLINE.total_seconds())
+                target()
+            except BaseException as exc:  # reported to the test's thread below
+                with lock:
+                    outcome.errors.append(exc)
+
+        return run
+
+    labels = list(names) if names is not None else [f"suite-thread-{i}" for i in range(len(targets))]
+    threads = [
+        threading.Thread(target=wrap(target), name=label, daemon=True)
+        for target, label in zip(targets, labels, strict=True)
+    ]
+    for thread in threads:
+        thread.start()
+    give_up = time.monotonic() + THREAD_DEADLINE.total_seconds()
+    for thread in threads:
+        thread.join(max(0.0, give_up - time.monotonic()))
+    stuck = [thread.name for thread in threads if thread.is_alive()]
+    if stuck:
+        raise AssertionError(f"threads {stuck} did not finish within {THREAD_DEADLINE.total_seconds():g}s")
+    if outcome.errors:
+        raise outcome.errors[0]

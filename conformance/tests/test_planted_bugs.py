@@ -1,0 +1,151 @@
+"""Sensitivity: the suite must fail on every planted bug, and pass on correct
+variants of the memory backend.
+
+Each variant runs the whole suite in its own pytest process (as a plugin
+author would run it), writing the JSON report this test then reads. The runs
+are started together: most of a suite run is spent waiting for TTLs, so they
+overlap well even on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from buggy_backends import CONTROLS, PLANTED_BUGS
+
+from prism_conformance import report
+
+TESTS_DIR = Path(__file__).resolve().parent
+#: A suite run that takes longer than this is counted as hung.
+RUN_TIMEOUT_S = 300
+PARALLEL_RUNS = max(4, 3 * (os.cpu_count() or 2))
+
+GENERATED_MODULE = '''"""Generated: the KeyValue suite against the planted variant {name!r}."""
+
+from buggy_backends import plugin_set
+from prism_conformance import KeyValueSuite
+
+
+class TestPlanted(KeyValueSuite):
+    backend = {{"plugin": {name!r}, "max_item_bytes": 4096}}
+    plugins = plugin_set({name!r})
+    # A planted bug may make the core loop forever; fail such a test quickly.
+    time_limit = 20.0
+'''
+
+
+@attrs.frozen
+class SuiteRun:
+    name: str
+    returncode: int
+    output: str
+    report: dict[str, Any] | None
+
+    @property
+    def suite(self) -> dict[str, Any]:
+        assert self.report is not None, (
+            f"{self.name}: no report was written; pytest said:\n{self.output[-3000:]}"
+        )
+        (suite,) = self.report["suites"]
+        return suite  # type: ignore[no-any-return]
+
+    @property
+    def outcomes(self) -> dict[str, str]:
+        return {test["name"]: test["outcome"] for test in self.suite["tests"]}
+
+    def with_outcome(self, outcome: str) -> set[str]:
+        return {name for name, got in self.outcomes.items() if got == outcome}
+
+
+def run_suite_against(name: str, workdir: Path) -> SuiteRun:
+    folder = workdir / name
+    folder.mkdir()
+    module = folder / f"test_planted_{name}.py"
+    module.write_text(GENERATED_MODULE.format(name=name), encoding="utf-8")
+    (folder / "pytest.ini").write_text("[pytest]\nxfail_strict = true\n", encoding="utf-8")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(module),
+        "-c",
+        str(folder / "pytest.ini"),
+        "--rootdir",
+        str(folder),
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "--prism-report-dir",
+        str(folder / "report"),
+    ]
+    try:
+        done = subprocess.run(
+            command, cwd=folder, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False
+        )
+        returncode, output = done.returncode, done.stdout + done.stderr
+    except subprocess.TimeoutExpired as exc:
+        returncode, output = -1, f"timed out after {RUN_TIMEOUT_S}s: {exc.stdout!r}"
+    report_file = folder / "report" / "conformance.json"
+    data = json.loads(report_file.read_text(encoding="utf-8")) if report_file.is_file() else None
+    return SuiteRun(name, returncode, output, data)
+
+
+@pytest.fixture(scope="module")
+def suite_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SuiteRun]:
+    workdir = tmp_path_factory.mktemp("planted")
+    names = [*PLANTED_BUGS, *CONTROLS]
+    with ThreadPoolExecutor(max_workers=PARALLEL_RUNS) as pool:
+        return dict(zip(names, pool.map(lambda n: run_suite_against(n, workdir), names), strict=True))
+
+
+@pytest.mark.parametrize("name", sorted(PLANTED_BUGS))
+def test_the_suite_catches_the_planted_bug(name: str, suite_runs: dict[str, SuiteRun]) -> None:
+    run = suite_runs[name]
+    failed = run.with_outcome("fail")
+    assert failed, f"the suite passed against the planted bug {name!r}:\n{run.output[-3000:]}"
+    assert run.returncode == 1, f"{name}: pytest should report failures (exit 1), got {run.returncode}"
+    expected = set(PLANTED_BUGS[name][2])
+    assert failed & expected, (
+        f"{name}: none of the tests meant to catch it failed ({sorted(expected)}); "
+        f"the failures were {sorted(failed)}"
+    )
+    assert run.suite["maturity"]["level"] < 3, (
+        f"{name}: a backend with a planted bug reached maturity level 3"
+    )
+
+
+def test_every_planted_bug_is_a_distinct_variant() -> None:
+    classes = [backend_class for backend_class, _, _ in PLANTED_BUGS.values()]
+    assert len(set(classes)) == len(classes)
+
+
+@pytest.mark.parametrize("name", sorted(CONTROLS))
+def test_correct_variants_pass_the_suite(name: str, suite_runs: dict[str, SuiteRun]) -> None:
+    run = suite_runs[name]
+    assert run.with_outcome("fail") == set(), f"{name} is correct but failed:\n{run.output[-5000:]}"
+    assert run.with_outcome("opted_out") == set()
+    assert run.with_outcome("skipped") == run.with_outcome("not_run") == set()
+    assert run.returncode == 0, run.output[-3000:]
+    declared = set(CONTROLS[name][1])
+    not_applicable = {
+        test["name"]: test for test in run.suite["tests"] if test["outcome"] == "not_applicable"
+    }
+    for test in run.suite["tests"]:
+        if test["category"] not in ("core", *declared):
+            assert test["name"] in not_applicable, f"{name}: {test['name']} tests an undeclared capability"
+            assert "refusal verified" in test["reason"], test
+        else:
+            assert test["name"] not in not_applicable, (
+                f"{name}: {test['name']} was not applicable: {test['reason']}"
+            )
+    assert run.suite["maturity"]["level"] == (3 if declared >= set(report.NOT_EMULATED) else 2)

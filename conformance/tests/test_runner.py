@@ -1,0 +1,148 @@
+"""``prism conformance``: the runner behind it, and the CLI end to end."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import types
+from datetime import timedelta
+from pathlib import Path
+
+import attrs
+import pytest
+
+from prism.backends import memory
+from prism.plugins import hookimpl
+from prism.plugins.manager import PluginSet, load_plugins
+from prism.plugins.registry import BackendRegistry
+from prism.spi import KeyValueBackendType
+from prism_conformance.runner import EXIT_USAGE, RunnerError, resolve_backend, run, write_test_module
+
+
+@attrs.frozen
+class FileSettings:
+    path: str = "prism-data/files.db"
+    timeout: timedelta = timedelta(seconds=5)
+
+
+def _file_plugins() -> PluginSet:
+    """A plugin whose settings name a file, as sqlite's do."""
+
+    @hookimpl
+    def prism_register_keyvalue(registry: BackendRegistry) -> None:
+        registry.add_keyvalue(
+            "files",
+            KeyValueBackendType(
+                settings_type=FileSettings,
+                create=lambda name, settings: memory.MemoryKeyValue(name, memory.MemorySettings()),
+                capabilities=frozenset(),
+                traits=lambda settings: memory.KEYVALUE.traits(memory.MemorySettings()),
+            ),
+        )
+
+    module = types.ModuleType("files_plugin")
+    module.prism_register_keyvalue = prism_register_keyvalue  # type: ignore[attr-defined]
+    return load_plugins(extra={"files": module})
+
+
+def test_a_plugin_name_uses_its_defaults_with_a_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    entry = resolve_backend(
+        "files", config_path=None, plugins=_file_plugins(), scratch=tmp_path / "scratch", out=out
+    )
+    assert entry == {"plugin": "files", "path": str(tmp_path / "scratch" / "prism-conformance.db")}
+    assert "instead of (default)" in out.getvalue()
+
+
+def test_a_configured_backend_uses_its_settings(tmp_path: Path) -> None:
+    config = tmp_path / "conf" / "prism.yaml"
+    config.parent.mkdir()
+    config.write_text(
+        "backends:\n  small: {plugin: memory, max_item_bytes: 4096}\n  local: {plugin: files, path: data/x.db, timeout: 2s}\n"
+    )
+    plugins = _file_plugins()
+    small = resolve_backend(
+        "small", config_path=str(config), plugins=plugins, scratch=tmp_path, out=io.StringIO()
+    )
+    assert small == {"plugin": "memory", "max_item_bytes": 4096, "max_value_bytes": 64 * 1024 * 1024}
+    kept = resolve_backend(
+        "local",
+        config_path=str(config),
+        plugins=plugins,
+        scratch=tmp_path,
+        isolate_files=False,
+        out=io.StringIO(),
+    )
+    assert kept == {"plugin": "files", "path": "data/x.db", "timeout": "2s"}
+    isolated = resolve_backend(
+        "local", config_path=str(config), plugins=plugins, scratch=tmp_path, out=io.StringIO()
+    )
+    assert isolated["path"] == str(tmp_path / "prism-conformance.db")
+
+
+def test_an_unknown_backend_is_refused_naming_what_exists(tmp_path: Path) -> None:
+    with pytest.raises(RunnerError, match=r"no backend is named 'nope'.*Installed plugins: .*memory"):
+        resolve_backend("nope", config_path=None, plugins=load_plugins(), scratch=tmp_path, out=io.StringIO())
+    out = io.StringIO()
+    assert run("nope", config_path=None, report_dir=str(tmp_path / "out"), out=out) == EXIT_USAGE
+    assert "no backend is named 'nope'" in out.getvalue()
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_broken_config_or_abstraction_is_a_usage_error(tmp_path: Path) -> None:
+    broken = tmp_path / "prism.yaml"
+    broken.write_text("backends:\n  x: {plugin: memory, colour: blue}\n")
+    out = io.StringIO()
+    assert run("x", config_path=str(broken), report_dir=str(tmp_path / "out"), out=out) == EXIT_USAGE
+    assert "unknown key 'colour'" in out.getvalue()
+    out = io.StringIO()
+    assert (
+        run("memory", config_path=None, abstraction="queue", report_dir=str(tmp_path), out=out) == EXIT_USAGE
+    )
+    assert "no conformance suite for 'queue'" in out.getvalue()
+
+
+def test_the_generated_module_holds_one_suite_class(tmp_path: Path) -> None:
+    module = write_test_module(tmp_path, "my-store.1", {"plugin": "memory", "max_item_bytes": 4096})
+    source = module.read_text(encoding="utf-8")
+    assert "class Test_my_store_1(KeyValueSuite):" in source
+    assert "backend = {'plugin': 'memory', 'max_item_bytes': 4096}" in source
+    compile(source, str(module), "exec")
+
+
+def test_prism_conformance_cli_end_to_end(tmp_path: Path) -> None:
+    """``prism conformance`` with a configured backend: the full suite runs,
+    the report is written, and the exit code says whether everything passed."""
+    (tmp_path / "prism.yaml").write_text("backends:\n  small: {plugin: memory, max_item_bytes: 4096}\n")
+    prism = Path(sys.executable).parent / "prism"
+    env = {k: v for k, v in os.environ.items() if k != "PRISM_CONFIG"}
+    done = subprocess.run(
+        [str(prism), "conformance", "small", "--config", "prism.yaml", "--report-dir", "out"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    data = json.loads((tmp_path / "out" / "conformance.json").read_text(encoding="utf-8"))
+    (suite,) = data["suites"]
+    assert suite["suite"] == "Test_small"
+    assert suite["backend"]["max_item_bytes"] == 4096
+    failed = {t["name"] for t in suite["tests"] if t["outcome"] != "pass"}
+    assert failed == set(), output[-4000:]
+    assert done.returncode == 0, output[-4000:]
+    assert (
+        (tmp_path / "out" / "conformance.md")
+        .read_text(encoding="utf-8")
+        .startswith("# Prism conformance report")
+    )
+    assert "prism conformance: report in" in output
+    assert not (tmp_path / "prism-data").exists()
