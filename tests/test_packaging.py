@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import venv
 from pathlib import Path
 
@@ -19,11 +18,16 @@ MEMBERS = ["prism-core", "prism-plugin-sqlite", "conformance"]
 @pytest.fixture(scope="module")
 def clean_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("packaging")
+    # The clean venv's own pip builds the wheels too: the test runner's venv
+    # may have been made without pip (nox with uv).
+    env_dir = work / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python = env_dir / "bin" / "python"
     wheels = work / "wheels"
     for member in MEMBERS:
         subprocess.run(
             [
-                sys.executable,
+                str(python),
                 "-m",
                 "pip",
                 "wheel",
@@ -35,9 +39,6 @@ def clean_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
             ],
             check=True,
         )
-    env_dir = work / "venv"
-    venv.EnvBuilder(with_pip=True).create(env_dir)
-    python = env_dir / "bin" / "python"
     subprocess.run(
         [
             str(python),
