@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nox
@@ -72,4 +71,4 @@ def demo(session: nox.Session) -> None:
     session.log("Scanning the namespace:")
     session.run(*prism, "kv", "scan", "demo")
     session.log("The same from Python:")
-    session.run("python", str(ROOT / "examples" / "embedded.py"), env={"PRISM_DEMO_DIR": os.getcwd()})
+    session.run("python", str(ROOT / "examples" / "embedded.py"))
