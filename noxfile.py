@@ -12,7 +12,12 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).parent
-MEMBERS = ["prism-core", "prism-plugin-sqlite", "conformance"]
+#: Every distribution of the workspace: the core, each backend plugin, the suite.
+MEMBERS = [
+    "prism-core",
+    *sorted(p.name for p in ROOT.glob("prism-plugin-*") if (p / "pyproject.toml").is_file()),
+    "conformance",
+]
 SRC_TREES = [f"{member}/src" for member in MEMBERS]
 TEST_DEPS = ["pytest>=8", "hypothesis>=6"]
 TOOLS = {"ruff": "ruff==0.17.6", "mypy": "mypy==2.4.1"}
