@@ -71,7 +71,7 @@ class MemoryKeyValue:
         if record is None:
             return []
         if query.keys is not None:
-            candidates = [k for k in query.keys if k in record.rows]
+            candidates = sorted(k for k in set(query.keys) if k in record.rows)
         else:
             lower = query.start if query.start is not None else b""
             lo = bisect.bisect_left(record.keys, lower)
