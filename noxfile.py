@@ -3,10 +3,12 @@
 ./dev                 lint, types and tests (what CI runs)
 ./dev -s demo         the embedded SQLite demo
 ./dev -s tests -- -k sqlite   pass arguments through to pytest
+./dev -s services -- up       real Redis, Cassandra, Kafka and DynamoDB (moto) on loopback
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nox
@@ -18,9 +20,18 @@ MEMBERS = [
     *sorted(p.name for p in ROOT.glob("prism-plugin-*") if (p / "pyproject.toml").is_file()),
     "conformance",
 ]
-SRC_TREES = [f"{member}/src" for member in MEMBERS]
+SRC_TREES = [f"{member}/src" for member in MEMBERS] + ["tools"]
 TEST_DEPS = ["pytest>=8", "hypothesis>=6"]
 TOOLS = {"ruff": "ruff==0.17.6", "mypy": "mypy==2.4.1"}
+# The runner's readiness probes speak each server's real protocol; moto[server] is also the
+# DynamoDB server itself, run from this session's venv.
+SERVICES_DEPS = [
+    "redis==8.1.0",
+    "cassandra-driver==3.30.1",
+    "confluent-kafka==2.16.1",
+    "boto3==1.44.8",
+    "moto[server]==5.2.5",
+]
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = True
@@ -37,9 +48,13 @@ def _install_members(session: nox.Session, *, editable: bool = True) -> None:
 
 @nox.session(python="3.11")
 def tests(session: nox.Session) -> None:
-    """Run every test of every member and the cross-package tests."""
+    """Start the real services, then run every test of every member and the
+    cross-package tests. PRISM_SERVICES=none skips starting them (tests that
+    need them then skip, which CI=true turns into failures)."""
     _install_members(session)
-    session.install(*TEST_DEPS, "build")
+    session.install(*TEST_DEPS, *SERVICES_DEPS)
+    if os.environ.get("PRISM_SERVICES", "").lower() != "none":
+        session.run("python", "-m", "tools.services", "up", env={"PYTHONPATH": str(ROOT)})
     session.run("pytest", *session.posargs, env={"PYTHONDONTWRITEBYTECODE": "1"})
 
 
@@ -77,3 +92,12 @@ def demo(session: nox.Session) -> None:
     session.run(*prism, "kv", "scan", "demo")
     session.log("The same from Python:")
     session.run("python", str(ROOT / "examples" / "embedded.py"))
+
+
+@nox.session(python="3.11")
+def services(session: nox.Session) -> None:
+    """Real test servers: `up [redis cassandra kafka dynamodb]`, `down [names]`, `status`."""
+    session.install(*SERVICES_DEPS)
+    session.run(
+        "python", "-m", "tools.services", *(session.posargs or ["status"]), env={"PYTHONPATH": str(ROOT)}
+    )

@@ -1,0 +1,106 @@
+"""The services runner's output, checked against the servers it started.
+
+These tests only read: they never start or stop a server, so they are safe to run
+while other tests use the services. Each service's tests skip (fail under CI) when
+``nox -s services -- up`` has not started it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / ".services" / "prism.yaml"
+
+# fixture -> (backend name in prism.yaml, the driver `status` probes it with)
+SERVICES = {
+    "redis_url": ("redis", "redis"),
+    "cassandra_contact": ("cassandra", "cassandra"),
+    "kafka_bootstrap": ("kafka", "confluent_kafka"),
+    "dynamodb_url": ("dynamodb", "boto3"),
+}
+
+
+def _address(value: str) -> tuple[str, int]:
+    parts = urlsplit(value if "://" in value else f"tcp://{value}")
+    assert parts.hostname is not None
+    assert parts.port is not None
+    return parts.hostname, parts.port
+
+
+@pytest.fixture(params=sorted(SERVICES))
+def service(request: pytest.FixtureRequest) -> tuple[str, str, str]:
+    """(backend name, its address setting, probe driver) of each running service."""
+    address = request.getfixturevalue(request.param)
+    name, driver = SERVICES[request.param]
+    return name, address, driver
+
+
+def test_address_is_loopback_and_answers(service: tuple[str, str, str]) -> None:
+    _, address, _ = service
+    host, port = _address(address)
+    assert host == "127.0.0.1"
+    with socket.create_connection((host, port), timeout=5):
+        pass
+
+
+def test_prism_yaml_has_a_backend_for_the_service(service: tuple[str, str, str]) -> None:
+    name, address, _ = service
+    text = CONFIG.read_text(encoding="utf-8")
+    config = yaml.safe_load(text)
+    assert config["namespaces"] == {}
+    if name == "kafka":
+        # No Kafka plugin exists yet (Queue issue): its backend is written commented out, because
+        # Prism rejects a file naming a plugin that is not installed.
+        assert name not in config["backends"]
+        commented = "\n".join(line.removeprefix("#") for line in text.splitlines() if line.startswith("#   "))
+        config["backends"][name] = yaml.safe_load(commented)[name]
+    backend = config["backends"][name]
+    assert backend["plugin"] == name
+    host, port = _address(address)
+    expected = {
+        "redis": {"url": address},
+        "cassandra": {"contact_points": [host], "port": port},
+        "kafka": {"bootstrap_servers": address},
+        "dynamodb": {"endpoint_url": address, "region": "us-east-1"},
+    }[name]
+    assert {key: backend[key] for key in expected} == expected
+
+
+def test_status_reports_the_service_running(service: tuple[str, str, str]) -> None:
+    name, address, driver = service
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.services", "status"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[1:]}
+    _, pid, port, ready, *_ = rows[name]
+    assert pid.isdigit(), result.stdout
+    assert int(port) == _address(address)[1]
+    if importlib.util.find_spec(driver) is not None:
+        # Without the driver `status` cannot probe, and says so instead of answering "yes".
+        assert ready == "yes", result.stdout
+
+
+def test_prism_yaml_is_written_by_the_runner_and_parses() -> None:
+    from tools.services.cli import to_yaml
+
+    data = {
+        "backends": {"a": {"plugin": "x", "list": ["127.0.0.1"], "n": 1, "s": "a: b # c"}},
+        "namespaces": {},
+    }
+    assert yaml.safe_load(to_yaml(data)) == data

@@ -1,0 +1,54 @@
+"""DynamoDB as served by moto's server (``moto[server]``), spoken to by real boto3 over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tools.services.common import HOST, Service, python_bin
+
+REGION = "us-east-1"
+
+
+class DynamoDBService(Service):
+    name = "dynamodb"
+    port = 18000
+    marker = "moto_server"
+    start_deadline = 60.0
+
+    def __init__(self) -> None:
+        self._moto = "moto_server"
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def prepare(self) -> None:
+        self._moto = python_bin("moto_server")
+
+    def command(self) -> Sequence[str]:
+        return [self._moto, "-H", HOST, "-p", str(self.port)]
+
+    def probe(self, timeout: float) -> None:
+        # Loaded lazily (slow to import, and `status` may run where it is missing); no stubs installed.
+        import boto3  # type: ignore[import-untyped]
+        from botocore.config import Config  # type: ignore[import-untyped]
+
+        client = boto3.client(
+            "dynamodb",
+            endpoint_url=self.url,
+            region_name=REGION,
+            # moto accepts any credentials; fixed dummies keep real ones on this machine out of it.
+            aws_access_key_id="prism-test",
+            aws_secret_access_key="prism-test",
+            config=Config(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 1}),
+        )
+        response = client.list_tables()
+        if "TableNames" not in response:
+            raise RuntimeError("ListTables answered without TableNames")
+
+    def env(self) -> Mapping[str, str]:
+        return {"PRISM_TEST_DYNAMODB_URL": self.url}
+
+    def backend(self) -> Mapping[str, Any]:
+        return {"plugin": "dynamodb", "endpoint_url": self.url, "region": REGION}
