@@ -1,0 +1,681 @@
+"""The ``redis`` KeyValue backend: rows on a Redis server, decided by server-side scripts.
+
+Data layout, for a backend with ``key_prefix`` P, namespace N and record id R
+(R as UTF-8; every Redis key below is binary-safe):
+
+* ``P:N:z:R``: a sorted set of the record's item keys, every member at score 0,
+  so ``ZRANGEBYLEX`` returns them in ``memcmp`` order, which is the unsigned
+  bytewise order the SPI asks for.
+* ``P:N:h:R``: a hash of item key to the encoded row (see :func:`encode_row`).
+* ``P:N:m:R``: a hash with the record's expiry bookkeeping: ``persist``, the
+  number of rows without an expiry, and ``maxexp``, an upper bound (ms) of every
+  expiry written since the record appeared.
+* ``P:N:records``: a sorted set of the namespace's record ids at score 0;
+  ``scan_records`` pages through it with ``ZRANGEBYLEX`` (never ``KEYS``/``SCAN``).
+* ``P:N:c:<len>:R<len>:<key>:<chunk_set>``: a list holding one chunk set.
+
+Last-write-wins is decided inside Redis: every write, remove and range read
+is one Lua script (a script runs atomically), so a version is compared and the
+row written with nothing in between, and all rows of one call become visible
+together, which is what ``kv.atomic_mutate`` needs.
+
+TTL: Redis 7.0 cannot expire hash fields, so rows are not expired one by one
+by Redis, and ``kv.native_ttl`` is not declared: the core filters expired rows
+out of every read (exact) and purges them. Redis still removes data by itself
+where that is exact: a chunk set expires ``expiry_grace`` after its row, and a
+record whose rows all carry an expiry expires as a whole ``expiry_grace`` after
+the last of them (``PEXPIREAT`` on its three keys).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Awaitable, Sequence
+from datetime import timedelta
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import attrs
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError, ResponseError
+
+from prism import capabilities
+from prism.errors import BackendError
+from prism.log import get_logger
+from prism.spi import KeyValueBackendType, KeyValueTraits, ReadQuery, StoredItem, Version
+from prism.units import ByteSize
+
+_T = TypeVar("_T")
+
+MiB = 1024 * 1024
+
+#: Redis refuses strings above 512 MB (``proto-max-bulk-len``).
+REDIS_MAX_STRING = 512 * MiB
+
+#: Rows per ``HMGET`` inside the range-read script; Lua's ``unpack`` overflows
+#: the C stack (about 8000 slots) on much longer lists.
+_HMGET_BATCH = 1000
+
+_log = get_logger(__name__)
+
+# -- row encoding -------------------------------------------------------------------
+#
+# A row is stored as one binary string whose head the Lua scripts parse:
+#   2 bytes   length n of the version bytes (big-endian)
+#   n bytes   version bytes: micros as 8 bytes big-endian with the sign bit
+#             flipped, then the nonce in UTF-8. Comparing them bytewise is
+#             comparing (micros, nonce), which is what Version's order is.
+#   1 byte    flags: 1 tombstone, 2 has an expiry, 4 has chunks
+# and a tail only Python reads:
+#   8 bytes   expires_at_us (signed; 0 when there is none)
+#   4 bytes   chunk_count
+#   1 byte    length of chunk_set, then chunk_set (ASCII)
+#   8 bytes   value_size
+#   the rest  the value
+
+_TOMBSTONE = 1
+_EXPIRES = 2
+_CHUNKED = 4
+_TAIL = struct.Struct(">qI")
+_SIZE = struct.Struct(">Q")
+_BIAS = 1 << 63
+
+
+def version_bytes(version: Version) -> bytes:
+    """``version`` as bytes whose bytewise order is the order of versions."""
+    return struct.pack(">Q", version.micros + _BIAS) + version.nonce.encode("utf-8")
+
+
+def _version_from_bytes(raw: bytes) -> Version:
+    (biased,) = struct.unpack_from(">Q", raw)
+    return Version(biased - _BIAS, raw[8:].decode("utf-8"))
+
+
+def encode_row(item: StoredItem) -> bytes:
+    ver = version_bytes(item.version)
+    flags = (
+        (_TOMBSTONE if item.tombstone else 0)
+        | (_EXPIRES if item.expires_at_us is not None else 0)
+        | (_CHUNKED if item.chunk_count > 0 else 0)
+    )
+    chunk_set = item.chunk_set.encode("ascii")
+    return b"".join(
+        (
+            struct.pack(">H", len(ver)),
+            ver,
+            bytes((flags,)),
+            _TAIL.pack(item.expires_at_us or 0, item.chunk_count),
+            bytes((len(chunk_set),)),
+            chunk_set,
+            _SIZE.pack(item.value_size),
+            bytes(item.value),
+        )
+    )
+
+
+def decode_row(key: bytes, raw: bytes) -> StoredItem:
+    (n,) = struct.unpack_from(">H", raw)
+    version = _version_from_bytes(raw[2 : 2 + n])
+    pos = 2 + n
+    flags = raw[pos]
+    expires, chunk_count = _TAIL.unpack_from(raw, pos + 1)
+    pos += 1 + _TAIL.size
+    set_len = raw[pos]
+    chunk_set = raw[pos + 1 : pos + 1 + set_len].decode("ascii")
+    pos += 1 + set_len
+    (value_size,) = _SIZE.unpack_from(raw, pos)
+    return StoredItem(
+        key=bytes(key),
+        value=bytes(raw[pos + _SIZE.size :]),
+        version=version,
+        expires_at_us=expires if flags & _EXPIRES else None,
+        tombstone=bool(flags & _TOMBSTONE),
+        chunk_count=chunk_count,
+        chunk_set=chunk_set,
+        value_size=value_size,
+    )
+
+
+def _expiry_ms(expires_at_us: int | None) -> int | None:
+    # Rounded up: Redis must never remove anything before the row's own expiry.
+    return None if expires_at_us is None else -(-expires_at_us // 1000)
+
+
+# -- server-side scripts ------------------------------------------------------------
+#
+# Lua's string comparison (<) uses strcoll, which depends on the server's locale
+# and stops at NUL bytes, so versions are compared byte by byte here. Equality
+# (==) of Lua strings is exact.
+
+_LUA_COMMON = """
+local function parse(row)
+  local n = string.byte(row, 1) * 256 + string.byte(row, 2)
+  return string.sub(row, 3, 2 + n), string.byte(row, 3 + n)
+end
+
+local function newer(a, b)
+  if a == b then return false end
+  local la, lb = #a, #b
+  for i = 1, math.min(la, lb) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x > y end
+  end
+  return la > lb
+end
+
+local function load_meta()
+  local m = redis.call('HMGET', KEYS[3], 'persist', 'maxexp')
+  return tonumber(m[1] or '0'), tonumber(m[2] or '0')
+end
+
+-- Expire the record's keys natively only when that is exact: every row has an
+-- expiry, so once the latest one (plus the grace) has passed, nothing live is lost.
+local function settle(persist, maxexp, grace)
+  redis.call('HSET', KEYS[3], 'persist', string.format('%.0f', persist), 'maxexp', string.format('%.0f', maxexp))
+  if persist <= 0 and maxexp > 0 then
+    local at = string.format('%.0f', maxexp + grace)
+    for k = 1, 3 do redis.call('PEXPIREAT', KEYS[k], at) end
+  else
+    for k = 1, 3 do redis.call('PERSIST', KEYS[k]) end
+  end
+end
+"""
+
+#: KEYS: item zset, row hash, meta hash, namespace record set.
+#: ARGV: record id, grace ms, then per row: key, encoded row, expiry ms or "".
+#: Returns key, old row pairs of the replaced rows that had chunks.
+_WRITE = (
+    _LUA_COMMON
+    + """
+local persist, maxexp = load_meta()
+local replaced = {}
+local wrote = false
+for i = 3, #ARGV, 3 do
+  local key, row, exp = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local ver = parse(row)
+  local old = redis.call('HGET', KEYS[2], key)
+  local apply = true
+  if old then
+    local oldver, oldflags = parse(old)
+    if newer(ver, oldver) then
+      if bit.band(oldflags, 4) ~= 0 then
+        replaced[#replaced + 1] = key
+        replaced[#replaced + 1] = old
+      end
+      if bit.band(oldflags, 2) == 0 then persist = persist - 1 end
+    else
+      apply = false
+    end
+  else
+    redis.call('ZADD', KEYS[1], 0, key)
+  end
+  if apply then
+    redis.call('HSET', KEYS[2], key, row)
+    if exp == '' then
+      persist = persist + 1
+    else
+      local e = tonumber(exp)
+      if e > maxexp then maxexp = e end
+    end
+    wrote = true
+  end
+end
+if wrote then
+  redis.call('ZADD', KEYS[4], 0, ARGV[1])
+  settle(persist, maxexp, tonumber(ARGV[2]))
+end
+return replaced
+"""
+)
+
+#: KEYS: as for writes. ARGV: record id, grace ms, then per row: key, version bytes.
+_REMOVE = (
+    _LUA_COMMON
+    + """
+local persist, maxexp = load_meta()
+local changed = false
+for i = 3, #ARGV, 2 do
+  local key = ARGV[i]
+  local old = redis.call('HGET', KEYS[2], key)
+  if old then
+    local ver, flags = parse(old)
+    if ver == ARGV[i + 1] then
+      redis.call('HDEL', KEYS[2], key)
+      redis.call('ZREM', KEYS[1], key)
+      if bit.band(flags, 2) == 0 then persist = persist - 1 end
+      changed = true
+    end
+  end
+end
+if changed then
+  if redis.call('HLEN', KEYS[2]) == 0 then
+    redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+    redis.call('ZREM', KEYS[4], ARGV[1])
+  else
+    settle(persist, maxexp, tonumber(ARGV[2]))
+  end
+end
+return 0
+"""
+)
+
+#: KEYS: item zset, row hash. ARGV: lex min, lex max, limit.
+#: One script, so the keys and their rows are one snapshot: a reader never sees
+#: part of an atomic write.
+_READ_RANGE = """
+local keys = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[1], ARGV[2], 'LIMIT', 0, ARGV[3])
+local out = {}
+for s = 1, #keys, BATCH do
+  local batch = {}
+  for i = s, math.min(s + BATCH - 1, #keys) do batch[#batch + 1] = keys[i] end
+  local rows = redis.call('HMGET', KEYS[2], unpack(batch))
+  for i, key in ipairs(batch) do
+    if rows[i] then
+      out[#out + 1] = key
+      out[#out + 1] = rows[i]
+    end
+  end
+end
+return out
+""".replace("BATCH", str(_HMGET_BATCH))
+
+#: KEYS: namespace record set, the record's item zset. ARGV: record id.
+#: Drops a record id whose keys Redis expired, unless it came back meanwhile.
+_FORGET = """
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+# -- settings -----------------------------------------------------------------------
+
+
+def _positive_duration(_: Any, attribute: attrs.Attribute[timedelta], value: timedelta) -> None:
+    if value <= timedelta(0):
+        raise ValueError(f"{attribute.name}: expected a duration above zero, got {value}")
+
+
+def _not_negative_duration(_: Any, attribute: attrs.Attribute[timedelta], value: timedelta) -> None:
+    if value < timedelta(0):
+        raise ValueError(f"{attribute.name}: expected a duration of zero or more, got {value}")
+
+
+def _redis_url(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
+    scheme = urlsplit(value).scheme
+    if scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError(
+            f"{attribute.name}: expected a redis://, rediss:// or unix:// URL, got {_safe_address(value)!r}"
+        )
+
+
+@attrs.frozen
+class RedisSettings:
+    """The ``redis`` backend's keys in ``prism.yaml``."""
+
+    url: str = attrs.field(default="redis://127.0.0.1:6379/0", validator=_redis_url)
+    """The server, as a redis-py URL (``redis://[user:password@]host:port/db``,
+    ``rediss://`` for TLS, ``unix:///path?db=0``)."""
+    key_prefix: str = attrs.field(default="prism", validator=attrs.validators.min_len(1))
+    """Every Redis key this backend writes starts with ``<key_prefix>:``; two
+    backends sharing a server must use different prefixes."""
+    connect_timeout: timedelta = attrs.field(default=timedelta(seconds=5), validator=_positive_duration)
+    """How long opening one connection may take, and how long a call waits for
+    a free connection of the pool."""
+    socket_timeout: timedelta = attrs.field(default=timedelta(seconds=5), validator=_positive_duration)
+    """How long one command may wait for its reply."""
+    max_connections: int = attrs.field(default=32, validator=attrs.validators.gt(0))
+    """Connections in the pool; further concurrent calls wait for one."""
+    retries: int = attrs.field(default=1, validator=attrs.validators.ge(0))
+    """Retries of a command that failed on a connection error or timeout.
+    Safe: every write is idempotent by version."""
+    expiry_grace: timedelta = attrs.field(default=timedelta(minutes=1), validator=_not_negative_duration)
+    """Redis removes expired chunk sets and fully expired records this long
+    after their expiry, so clock skew between Prism and Redis can never remove
+    data Prism still considers live. The core hides expired rows exactly."""
+    durable: bool = False
+    """Set only when the server runs ``appendonly yes`` with ``appendfsync
+    always``; the backend then declares ``durable`` and checks that at start."""
+    max_item_bytes: ByteSize = attrs.field(
+        default=ByteSize(MiB), validator=[attrs.validators.gt(ByteSize(0))]
+    )
+    """Values above this are chunked by the core."""
+    max_value_bytes: ByteSize = attrs.field(
+        default=ByteSize(64 * MiB), validator=attrs.validators.gt(ByteSize(0))
+    )
+    """The largest value, chunks included, a namespace on this backend may hold."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.max_item_bytes > REDIS_MAX_STRING - 1024:
+            raise ValueError(
+                f"max_item_bytes ({self.max_item_bytes}) must leave room under Redis's 512 MB string limit"
+            )
+        if self.max_value_bytes < self.max_item_bytes:
+            raise ValueError(
+                f"max_value_bytes ({self.max_value_bytes}) must be at least max_item_bytes "
+                f"({self.max_item_bytes})"
+            )
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _safe_address(url: str) -> str:
+    """``url`` without credentials, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    host = parts.hostname or "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port or 6379
+    return f"{parts.scheme}://{host}:{port}{parts.path or ''}"
+
+
+# -- the backend --------------------------------------------------------------------
+
+
+class RedisKeyValue:
+    """The KeyValue SPI on one Redis server, through redis-py's asyncio client
+    (hiredis parses replies when it is installed, which the distribution requires)."""
+
+    def __init__(self, name: str, settings: RedisSettings) -> None:
+        self.name = name
+        self.settings = settings
+        self.address = _safe_address(settings.url)
+        self._client: aioredis.Redis | None = None
+        self._grace_ms = str(settings.expiry_grace // timedelta(milliseconds=1))
+        self._write_script: AsyncScript | None = None
+        self._remove_script: AsyncScript | None = None
+        self._read_script: AsyncScript | None = None
+        self._forget_script: AsyncScript | None = None
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _error(self, doing: str, exc: BaseException) -> BackendError:
+        cause = str(exc) or type(exc).__name__
+        return BackendError(
+            f"redis backend {self.name!r} at {self.address}: {doing} failed: {type(exc).__name__}: {cause}"
+        )
+
+    async def _call(self, doing: str, call: Awaitable[_T]) -> _T:
+        try:
+            return await call
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise self._error(doing, exc) from exc
+
+    def _redis(self) -> aioredis.Redis:
+        if self._client is None:
+            raise BackendError(f"redis backend {self.name!r} at {self.address} is not started, or closed")
+        return self._client
+
+    def _script(self, script: AsyncScript | None) -> AsyncScript:
+        if script is None:
+            raise BackendError(f"redis backend {self.name!r} at {self.address} is not started, or closed")
+        return script
+
+    def _base(self, namespace: str) -> bytes:
+        return f"{self.settings.key_prefix}:{namespace}:".encode()
+
+    def _record_keys(self, namespace: str, record_id: str) -> list[bytes]:
+        base = self._base(namespace)
+        rid = record_id.encode("utf-8")
+        return [base + b"z:" + rid, base + b"h:" + rid, base + b"m:" + rid, base + b"records"]
+
+    def _chunk_key(self, namespace: str, record_id: str, key: bytes, chunk_set: str) -> bytes:
+        # Lengths make the name unambiguous whatever bytes the id and key hold.
+        rid = record_id.encode("utf-8")
+        return b"%sc:%d:%s%d:%s:%s" % (
+            self._base(namespace),
+            len(rid),
+            rid,
+            len(key),
+            bytes(key),
+            chunk_set.encode("ascii"),
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        connect = self.settings.connect_timeout.total_seconds()
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self.settings.url,
+            max_connections=self.settings.max_connections,
+            timeout=connect,
+            socket_connect_timeout=connect,
+            socket_timeout=self.settings.socket_timeout.total_seconds(),
+            # Bounded: a dead server fails within (retries + 1) connect timeouts.
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), self.settings.retries),
+            decode_responses=False,
+        )
+        client = aioredis.Redis(connection_pool=pool)
+        try:
+            # Whatever the timeouts say, connecting must end: wait_for bounds it
+            # even where the socket timeouts do not apply (TLS handshakes, DNS).
+            bound = (connect + self.settings.socket_timeout.total_seconds()) * (self.settings.retries + 1) + 1
+            await asyncio.wait_for(self._call("connecting (PING)", client.ping()), bound)
+            await asyncio.wait_for(self._check_server(client), bound)
+        except TimeoutError as exc:
+            await client.aclose(close_connection_pool=True)
+            raise self._error("connecting (PING)", exc) from exc
+        except BaseException:
+            await client.aclose(close_connection_pool=True)
+            raise
+        self._client = client
+        self._write_script = client.register_script(_WRITE)
+        self._remove_script = client.register_script(_REMOVE)
+        self._read_script = client.register_script(_READ_RANGE)
+        self._forget_script = client.register_script(_FORGET)
+
+    async def _server_config(self, client: aioredis.Redis, pattern: str) -> dict[str, str] | None:
+        """``CONFIG GET pattern``, or None where CONFIG is renamed or forbidden
+        (often on managed servers)."""
+        try:
+            config = await client.config_get(pattern)
+        except ResponseError as exc:
+            _log.warning("redis_config_unreadable", backend=self.name, address=self.address, error=str(exc))
+            return None
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise self._error("reading the server configuration", exc) from exc
+        return {_text(k): _text(v) for k, v in config.items()}
+
+    async def _check_server(self, client: aioredis.Redis) -> None:
+        memory = await self._server_config(client, "maxmemory*")
+        if memory is not None and memory.get("maxmemory", "0") != "0":
+            policy = memory.get("maxmemory-policy")
+            if policy != "noeviction":
+                # Evicting a record (or a tombstone) loses acknowledged writes
+                # or lets an older write come back; Prism cannot see it happen.
+                _log.warning(
+                    "redis_eviction_enabled",
+                    backend=self.name,
+                    address=self.address,
+                    maxmemory_policy=policy,
+                    advice="set maxmemory-policy noeviction on a server that holds Prism data",
+                )
+        if not self.settings.durable:
+            return
+        append = await self._server_config(client, "append*")
+        if append is None:
+            # The operator's word (durable: true) has to stand.
+            return
+        if append.get("appendonly") != "yes" or append.get("appendfsync") != "always":
+            raise BackendError(
+                f"redis backend {self.name!r} at {self.address}: durable is set, but the server runs "
+                f"appendonly={append.get('appendonly')!r} appendfsync={append.get('appendfsync')!r}; "
+                f"a write is durable only with appendonly yes and appendfsync always. Fix the server "
+                f"configuration or remove `durable: true`."
+            )
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        # The scripts are bound to the client: drop them too, so a call after
+        # close is refused instead of quietly opening a new connection.
+        self._write_script = self._remove_script = self._read_script = self._forget_script = None
+        if client is not None:
+            await client.aclose(close_connection_pool=True)
+
+    # -- the SPI -------------------------------------------------------------------------
+
+    async def provision(self, namespace: str) -> None:
+        # Redis keys need no creating; the namespace's keys appear with its first write.
+        return None
+
+    async def write(
+        self, namespace: str, record_id: str, items: Sequence[StoredItem], *, atomic: bool
+    ) -> list[StoredItem]:
+        # One script call whatever ``atomic`` says: a script is atomic, and one
+        # round trip is also the cheapest way to write a batch.
+        if not items:
+            return []
+        script = self._script(self._write_script)
+        args: list[bytes | str] = [record_id.encode("utf-8"), self._grace_ms]
+        for item in items:
+            expiry = _expiry_ms(item.expires_at_us)
+            args += [bytes(item.key), encode_row(item), "" if expiry is None else str(expiry)]
+        reply = await self._call(
+            f"write to {namespace}/{record_id}",
+            script(keys=self._record_keys(namespace, record_id), args=args),
+        )
+        return [decode_row(reply[i], reply[i + 1]) for i in range(0, len(reply), 2)]
+
+    async def read(self, namespace: str, record_id: str, query: ReadQuery) -> list[StoredItem]:
+        if query.limit <= 0:
+            return []
+        zset, rows, _, _ = self._record_keys(namespace, record_id)
+        doing = f"read of {namespace}/{record_id}"
+        if query.keys is not None:
+            # One HMGET is one snapshot; bounds and order are applied here.
+            keys = sorted({bytes(k) for k in query.keys if query.matches(bytes(k))})
+            if not keys:
+                return []
+            values: list[Any] = await self._call(doing, self._redis().hmget(rows, keys))
+            found = [decode_row(k, v) for k, v in zip(keys, values, strict=True) if v is not None]
+            return found[: query.limit]
+        low = b"-"
+        if query.start is not None:
+            low = b"[" + bytes(query.start)
+        if query.after is not None and (query.start is None or bytes(query.after) >= bytes(query.start)):
+            low = b"(" + bytes(query.after)
+        high = b"+" if query.end is None else b"(" + bytes(query.end)
+        if query.end is not None and query.start is not None and bytes(query.start) >= bytes(query.end):
+            return []
+        script = self._script(self._read_script)
+        reply = await self._call(doing, script(keys=[zset, rows], args=[low, high, query.limit]))
+        return [decode_row(reply[i], reply[i + 1]) for i in range(0, len(reply), 2)]
+
+    async def remove(self, namespace: str, record_id: str, rows: Sequence[tuple[bytes, Version]]) -> None:
+        if not rows:
+            return
+        script = self._script(self._remove_script)
+        args: list[bytes | str] = [record_id.encode("utf-8"), self._grace_ms]
+        for key, version in rows:
+            args += [bytes(key), version_bytes(version)]
+        await self._call(
+            f"remove from {namespace}/{record_id}",
+            script(keys=self._record_keys(namespace, record_id), args=args),
+        )
+
+    async def scan_records(self, namespace: str, after: str | None, limit: int) -> list[str]:
+        if limit <= 0:
+            return []
+        client = self._redis()
+        forget = self._script(self._forget_script)
+        records = self._base(namespace) + b"records"
+        doing = f"scan of {namespace}"
+        out: list[str] = []
+        cursor = after
+        while len(out) < limit:
+            want = limit - len(out)
+            low = b"-" if cursor is None else b"(" + cursor.encode("utf-8")
+            ids: list[Any] = await self._call(
+                doing, client.zrangebylex(records, low, b"+", start=0, num=want)
+            )
+            if not ids:
+                break
+            # A record whose keys Redis expired leaves its id behind; drop such
+            # ids (atomically re-checked by the script) rather than list them.
+            async with client.pipeline(transaction=False) as pipe:
+                for raw in ids:
+                    pipe.exists(self._record_keys(namespace, raw.decode("utf-8"))[0])
+                exists = await self._call(doing, pipe.execute())
+            for raw, present in zip(ids, exists, strict=True):
+                record_id = raw.decode("utf-8")
+                if present:
+                    out.append(record_id)
+                else:
+                    zset = self._record_keys(namespace, record_id)[0]
+                    gone = await self._call(doing, forget(keys=[records, zset], args=[raw]))
+                    if not gone:
+                        out.append(record_id)
+            if len(ids) < want:
+                break
+            cursor = ids[-1].decode("utf-8")
+        return out
+
+    async def write_chunks(
+        self,
+        namespace: str,
+        record_id: str,
+        key: bytes,
+        chunk_set: str,
+        chunks: Sequence[bytes],
+        expires_at_us: int | None,
+    ) -> None:
+        name = self._chunk_key(namespace, record_id, key, chunk_set)
+        expiry = _expiry_ms(expires_at_us)
+        # MULTI/EXEC: the set is replaced whole, so a reader never sees a mix of
+        # two attempts, and a retry that writes fewer chunks leaves none behind.
+        async with self._redis().pipeline(transaction=True) as pipe:
+            pipe.delete(name)
+            for chunk in chunks:
+                pipe.rpush(name, bytes(chunk))
+            if expiry is not None:
+                pipe.pexpireat(name, expiry + self.settings.expiry_grace // timedelta(milliseconds=1))
+            await self._call(f"write of chunks for {namespace}/{record_id}", pipe.execute())
+
+    async def read_chunks(
+        self, namespace: str, record_id: str, key: bytes, chunk_set: str, count: int
+    ) -> list[bytes]:
+        if count <= 0:
+            return []
+        name = self._chunk_key(namespace, record_id, key, chunk_set)
+        # A set lives in one list, written and deleted whole: LRANGE never sees a gap.
+        chunks: list[Any] = await self._call(
+            f"read of chunks for {namespace}/{record_id}", self._redis().lrange(name, 0, count - 1)
+        )
+        return [bytes(c) for c in chunks]
+
+    async def delete_chunks(self, namespace: str, record_id: str, key: bytes, chunk_set: str) -> None:
+        name = self._chunk_key(namespace, record_id, key, chunk_set)
+        await self._call(f"delete of chunks for {namespace}/{record_id}", self._redis().delete(name))
+
+
+def _traits(settings: RedisSettings) -> KeyValueTraits:
+    return KeyValueTraits(
+        # Redis acknowledges a write before it reaches disk unless the server
+        # runs AOF with appendfsync always, which `durable: true` asserts.
+        durability="durable" if settings.durable else "ephemeral",
+        # One server: every command sees every write acknowledged before it.
+        consistency="strong",
+        max_item_bytes=settings.max_item_bytes,
+        max_value_bytes=settings.max_value_bytes,
+    )
+
+
+KEYVALUE = KeyValueBackendType(
+    settings_type=RedisSettings,
+    create=RedisKeyValue,
+    # No kv.native_ttl: Redis 7.0 cannot expire single hash fields, so rows are
+    # not removed by Redis one by one; the core filters and purges them.
+    capabilities=frozenset({capabilities.KV_ATOMIC_MUTATE, capabilities.KV_SCAN}),
+    traits=_traits,
+    description="KeyValue on a Redis server; last-write-wins and atomic batches in Lua scripts",
+)
