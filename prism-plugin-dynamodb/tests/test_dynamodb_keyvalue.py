@@ -12,9 +12,11 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TypeVar
 
+import attrs
 import pytest
 
-from prism.errors import BackendError
+import prism
+from prism.errors import BackendError, LimitExceeded
 from prism.spi import ReadQuery, StoredItem, Version
 from prism_dynamodb import DynamoKeyValue, DynamoSettings
 
@@ -192,6 +194,24 @@ def test_keys_over_the_sort_key_limit_are_refused_clearly(dynamodb_url: str) -> 
         ] == [b"k" * 1024]
 
     _run(dynamodb_url, body)
+
+
+def test_the_core_refuses_keys_over_the_sort_key_limit_up_front(dynamodb_url: str) -> None:
+    """The backend's key limit caps the namespace's: the user gets
+    LimitExceeded naming the backend, before any request is sent."""
+    backend = {"plugin": "dynamodb", **attrs.asdict(_settings(dynamodb_url), recurse=False)}
+    backend = {k: (v.total_seconds() if isinstance(v, timedelta) else v) for k, v in backend.items()}
+    config = {"backends": {"ddb": backend}, "namespaces": {"ns": {"abstraction": "keyvalue"}}}
+    with prism.open(config) as db:
+        kv = db.keyvalue("ns")
+        with pytest.raises(
+            LimitExceeded, match=r"over the namespace limit of 1024 bytes \(the most backend 'ddb'"
+        ):
+            kv.put_items("r", {b"k" * 1025: b"v"})
+        with pytest.raises(LimitExceeded, match="record id"):
+            kv.get_items("r" * 1025)
+        kv.put_items("r", {b"k" * 1024: b"v"})
+        assert [item.key for item in kv.get_items("r").items] == [b"k" * 1024]
 
 
 def test_provision_is_idempotent_across_backends(dynamodb_url: str) -> None:

@@ -176,6 +176,10 @@ class KeyValueTraits:
     """The largest value a namespace on this backend may hold, chunks included."""
     max_ttl: timedelta | None = None
     """The longest TTL the backend can keep, or None for no limit."""
+    max_key_bytes: int | None = None
+    """The longest item key or record id the backend can store, or None for no
+    limit. A namespace's ``limits.max_key_bytes`` is capped by it, so an
+    oversized key is refused up front with ``LimitExceeded``."""
 
 
 @attrs.frozen

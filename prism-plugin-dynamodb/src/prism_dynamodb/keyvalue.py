@@ -837,6 +837,9 @@ def _traits(settings: DynamoSettings) -> KeyValueTraits:
         consistency="strong",
         max_item_bytes=settings.max_item_bytes,
         max_value_bytes=settings.max_value_bytes,
+        # Item keys are sort keys here and record ids are sort keys of the
+        # records index: the core refuses longer ones before they get here.
+        max_key_bytes=MAX_SORT_KEY_BYTES,
     )
 
 

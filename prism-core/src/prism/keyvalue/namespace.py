@@ -124,6 +124,14 @@ class AsyncKeyValue:
         self._signer = signer
         self._ensure_ready = ensure_ready
         self._limits = config.limits
+        self.max_key_bytes = min(
+            config.limits.max_key_bytes, traits.max_key_bytes or config.limits.max_key_bytes
+        )
+        self._key_limit_source = (
+            "limits.max_key_bytes"
+            if self.max_key_bytes == config.limits.max_key_bytes
+            else f"the most backend {backend_name!r} can store"
+        )
 
     def __repr__(self) -> str:
         return f"<AsyncKeyValue {self.name!r} on {self.backend_name!r}>"
@@ -138,11 +146,11 @@ class AsyncKeyValue:
         if not record_id:
             raise InvalidArgument("record id must not be empty", namespace=self.name, field="id")
         size = len(record_id.encode("utf-8"))
-        limit = self._limits.max_key_bytes
+        limit = self.max_key_bytes
         if size > limit:
             raise LimitExceeded(
                 f"record id {record_id[:40]!r}... is {size} bytes, over the namespace limit of {limit} bytes "
-                f"(limits.max_key_bytes); use a shorter id",
+                f"({self._key_limit_source}); use a shorter id",
                 namespace=self.name,
                 limit_name="max_key_bytes",
                 limit=limit,
@@ -156,11 +164,11 @@ class AsyncKeyValue:
             raise InvalidArgument(
                 f"record {record_id!r}: item keys must not be empty", namespace=self.name, field="key"
             )
-        limit = self._limits.max_key_bytes
+        limit = self.max_key_bytes
         if len(key) > limit:
             raise LimitExceeded(
                 f"record {record_id!r}: key {key[:32]!r}... is {len(key)} bytes, over the namespace limit of "
-                f"{limit} bytes (limits.max_key_bytes); use a shorter key",
+                f"{limit} bytes ({self._key_limit_source}); use a shorter key",
                 namespace=self.name,
                 limit_name="max_key_bytes",
                 limit=limit,
