@@ -70,7 +70,7 @@ def lint(session: nox.Session) -> None:
 def types(session: nox.Session) -> None:
     """mypy --strict over every src tree."""
     _install_members(session)
-    session.install(TOOLS["mypy"], "types-PyYAML", *TEST_DEPS)
+    session.install(TOOLS["mypy"], "types-PyYAML", *TEST_DEPS, *SERVICES_DEPS)
     session.run("mypy", "--strict", *SRC_TREES)
 
 

@@ -135,7 +135,7 @@ cdc_raw_directory: {d / "cdc_raw"}
         ]
 
     def probe(self, timeout: float) -> None:
-        from cassandra.cluster import Cluster  # type: ignore[import-untyped]  # lazily: slow to import, and only probes need it
+        from cassandra.cluster import Cluster  # lazily: slow to import, and only probes need it
 
         # Refused connections while the node starts are expected; the driver logs each one loudly.
         logging.getLogger("cassandra").setLevel(logging.CRITICAL)
