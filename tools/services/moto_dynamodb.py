@@ -51,4 +51,12 @@ class DynamoDBService(Service):
         return {"PRISM_TEST_DYNAMODB_URL": self.url}
 
     def backend(self) -> Mapping[str, Any]:
-        return {"plugin": "dynamodb", "endpoint_url": self.url, "region": REGION}
+        # moto accepts any credentials but boto3 refuses to sign without some;
+        # a machine with no AWS configuration (CI) has none.
+        return {
+            "plugin": "dynamodb",
+            "endpoint_url": self.url,
+            "region": REGION,
+            "aws_access_key_id": "test",
+            "aws_secret_access_key": "test",
+        }
