@@ -12,11 +12,14 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
+
+import prism
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / ".services" / "prism.yaml"
@@ -110,10 +113,6 @@ def test_prism_yaml_is_written_by_the_runner_and_parses() -> None:
 def test_prism_yaml_backends_work_through_prism(fixture: str, request: pytest.FixtureRequest) -> None:
     """`.services/prism.yaml` is ready to use as it is: each KeyValue backend in
     it serves a put and a get through the public API."""
-    import uuid
-
-    import prism
-
     request.getfixturevalue(fixture)  # skips (fails under CI) when the service is down
     name = SERVICES[fixture][0]
     config = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
