@@ -59,7 +59,7 @@ def test_every_problem_is_reported_at_once() -> None:
         }
     )
     text = "\n".join(problems)
-    assert "namespaces.users.abstraction: expected one of 'keyvalue', got 'kv'" in text
+    assert "namespaces.users.abstraction: expected one of 'keyvalue', 'queue', got 'kv'" in text
     assert "namespaces.users.needs.ttl: expected a duration" in text
     assert "(top level): unknown key 'typo_key'" in text
     assert "backends.mem: unknown key 'bogus'" in text
@@ -169,3 +169,62 @@ def test_formatting_round_trips() -> None:
     assert format_duration(timedelta(milliseconds=1500)) == "1500ms"
     assert format_size(8 * 1024**2) == "8MiB"
     assert format_size(1000) == "1000B"
+
+
+def test_queue_settings_are_structured_with_defaults() -> None:
+    config = parse_config(
+        {
+            "backends": {"mem": {"plugin": "memory"}},
+            "namespaces": {
+                "orders": {
+                    "abstraction": "queue",
+                    "needs": {"capabilities": ["queue.ordered_by_key", "queue.delay"]},
+                    "queue": {
+                        "visibility_timeout": "45s",
+                        "max_attempts": 7,
+                        "max_message_bytes": "256KiB",
+                        "max_batch": 100,
+                        "max_topic_name_bytes": 64,
+                        "max_wait": "5s",
+                        "max_delay": "1d",
+                        "dead_letter_suffix": "-dead",
+                    },
+                },
+                "events": {"abstraction": "queue"},
+                "users": {"abstraction": "keyvalue"},
+            },
+        },
+        REGISTRY,
+    )
+    orders = config.namespaces["orders"].queue
+    assert orders.visibility_timeout == timedelta(seconds=45)
+    assert (orders.max_attempts, orders.max_message_bytes, orders.max_batch) == (7, 256 * 1024, 100)
+    assert (orders.max_wait, orders.max_delay) == (timedelta(seconds=5), timedelta(days=1))
+    assert orders.dead_letter_suffix == "-dead"
+    events = config.namespaces["events"].queue
+    assert events.visibility_timeout == timedelta(seconds=30)
+    assert (events.max_attempts, events.max_message_bytes, events.max_batch) == (5, 1024 * 1024, 1000)
+    assert events.dead_letter_suffix == ".dlq"
+
+
+def test_queue_settings_problems_are_reported() -> None:
+    problems = problems_of(
+        {
+            "namespaces": {
+                "a": {"abstraction": "queue", "queue": {"visibility_tmeout": "1s"}},
+                "b": {"abstraction": "keyvalue", "queue": {"max_attempts": 2}},
+                "c": {"abstraction": "keyvalue", "needs": {"capabilities": ["queue.delay"]}},
+                "d": {"abstraction": "queue", "needs": {"capabilities": ["kv.scan"]}},
+                "e": {"abstraction": "queue", "queue": {"max_attempts": 0, "visibility_timeout": "0s"}},
+                "f": {"abstraction": "queue", "queue": {"dead_letter_suffix": "/x"}},
+            }
+        }
+    )
+    text = "\n".join(problems)
+    assert "namespaces.a.queue: unknown key 'visibility_tmeout'" in text
+    assert "namespaces.b.queue: only queue namespaces take queue settings" in text
+    assert "namespaces.c.needs.capabilities: queue.delay do not apply to keyvalue" in text
+    assert "namespaces.d.needs.capabilities: kv.scan do not apply to queue" in text
+    assert "namespaces.e.queue.max_attempts: must be at least 1, got 0" in text
+    assert "namespaces.e.queue.visibility_timeout: must be longer than 0" in text
+    assert "namespaces.f.queue.dead_letter_suffix" in text

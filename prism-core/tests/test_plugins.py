@@ -69,7 +69,9 @@ def test_builtin_memory_registers_like_a_plugin() -> None:
     plugins = load_plugins(disabled=())
     memory = next(p for p in plugins.loaded if p.name == "memory")
     assert memory.distribution == "prism-core"
-    assert memory.abstractions == ("keyvalue",)
+    assert memory.abstractions == ("keyvalue", "queue")
+    assert "queue.ordered_by_key" in memory.capabilities
+    assert "memory" in plugins.registry.queue
     assert "kv.atomic_mutate" in memory.capabilities
     assert "memory" in plugins.registry.keyvalue
 
@@ -111,3 +113,28 @@ def test_prism_plugins_cli_shows_broken_plugins(site: Path) -> None:
     assert "Broken plugins (skipped)" in result.stdout
     assert "missingdriver" in result.stdout
     assert "plugin module crashed on import" in result.stdout
+
+
+def test_queue_registration_is_validated() -> None:
+    import attrs
+
+    from prism.backends.memory import KEYVALUE, QUEUE
+    from prism.plugins.registry import BackendRegistry, RegistrationError
+
+    registry = BackendRegistry()
+    registry.add_keyvalue("store", KEYVALUE)
+    registry.add_queue("store", QUEUE)
+    assert registry.abstractions_of("store") == ["keyvalue", "queue"]
+    assert registry.capabilities_of("store") == KEYVALUE.capabilities | QUEUE.capabilities
+    with pytest.raises(RegistrationError, match="registered twice"):
+        registry.add_queue("store", QUEUE)
+    with pytest.raises(RegistrationError, match="unknown capabilities"):
+        registry.add_queue("other", attrs.evolve(QUEUE, capabilities=frozenset({"kv.scan"})))
+
+    @attrs.frozen
+    class OtherSettings:
+        path: str = ""
+
+    registry.add_keyvalue("mixed", KEYVALUE)
+    with pytest.raises(RegistrationError, match="settings_type differs"):
+        registry.add_queue("mixed", attrs.evolve(QUEUE, settings_type=OtherSettings))

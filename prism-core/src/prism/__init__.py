@@ -1,4 +1,4 @@
-"""Prism: one API for KeyValue data, embedded or through the gateway.
+"""Prism: one API for KeyValue data and queues, embedded or through the gateway.
 
 Open Prism in process with :func:`open` (sync) or :func:`open_async`, then work
 with a namespace::
@@ -10,11 +10,20 @@ with a namespace::
         users.put_items("user:1", {b"name": b"Ada", b"lang": b"en"})
         page = users.get_items("user:1")
         print(page.as_dict())
+
+Queues work the same way on a backend that provides them (``memory`` today)::
+
+    with prism.open({"backends": {"mem": {"plugin": "memory"}}, "auto_namespaces": True}) as db:
+        orders = db.queue("orders")
+        orders.publish("created", [prism.Message(b"user:1", b"order 7")])
+        with orders.consumer("created", "billing") as consumer:
+            for delivery in consumer.consume(max_messages=10, wait=1.0):
+                consumer.ack([delivery])
 """
 
 from __future__ import annotations
 
-from prism.client import AsyncPrism, KeyValue, Prism, open, open_async
+from prism.client import AsyncPrism, Consumer, KeyValue, Prism, Queue, open, open_async
 from prism.errors import (
     BackendError,
     ConfigError,
@@ -31,22 +40,29 @@ from prism.keyvalue.namespace import AsyncKeyValue
 from prism.models import (
     AllItems,
     Delete,
+    Delivery,
     IdempotencyToken,
     Item,
     ItemsPage,
     KeyRange,
     Keys,
+    Message,
     Put,
     RecordsPage,
 )
+from prism.queue.namespace import AsyncConsumer, AsyncQueue
 
 __all__ = [
     "AllItems",
+    "AsyncConsumer",
     "AsyncKeyValue",
     "AsyncPrism",
+    "AsyncQueue",
     "BackendError",
     "ConfigError",
+    "Consumer",
     "Delete",
+    "Delivery",
     "IdempotencyToken",
     "InvalidArgument",
     "InvalidPageToken",
@@ -56,11 +72,13 @@ __all__ = [
     "KeyValue",
     "Keys",
     "LimitExceeded",
+    "Message",
     "NamespaceNotFound",
     "PlanError",
     "Prism",
     "PrismError",
     "Put",
+    "Queue",
     "RecordsPage",
     "Unsupported",
     "WrongAbstraction",

@@ -24,10 +24,26 @@ capability only says who does the deleting."""
 
 KEYVALUE: Final = frozenset({KV_ATOMIC_MUTATE, KV_SCAN, KV_NATIVE_TTL})
 
-ALL: Final = KEYVALUE
+QUEUE_ORDERED_BY_KEY: Final = "queue.ordered_by_key"
+"""Within one group, messages with the same non-empty key are delivered in
+publish order, one at a time: while one is in flight, later ones wait. Not
+emulated; a namespace that needs it is planned only onto backends declaring it."""
+
+QUEUE_DELAY: Final = "queue.delay"
+"""A message published with ``deliver_after`` is not delivered before then. Not
+emulated: without it, publishing such a message is refused with ``Unsupported``."""
+
+QUEUE: Final = frozenset({QUEUE_ORDERED_BY_KEY, QUEUE_DELAY})
+
+ALL: Final = KEYVALUE | QUEUE
+
+#: The capability names each abstraction may declare.
+BY_ABSTRACTION: Final = {"keyvalue": KEYVALUE, "queue": QUEUE}
 
 DESCRIPTIONS: Final = {
     KV_ATOMIC_MUTATE: "mutate_items applies puts and deletes atomically",
     KV_SCAN: "scan lists every record of a namespace",
     KV_NATIVE_TTL: "the datastore expires items itself (otherwise the core filters and purges)",
+    QUEUE_ORDERED_BY_KEY: "messages with the same key reach a group in publish order, one at a time",
+    QUEUE_DELAY: "messages published with deliver_after are held back until then",
 }

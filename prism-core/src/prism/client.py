@@ -10,6 +10,8 @@ one; both have the same shape::
     async with prism.open_async("prism.yaml") as db:
         users = db.keyvalue("users")
         await users.put_items("user:1", {b"name": b"Ada"})
+
+Queues work the same way: ``db.queue("orders")`` (see :mod:`prism.queue.namespace`).
 """
 
 from __future__ import annotations
@@ -17,17 +19,28 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
 from prism.config import Config, resolve_config
 from prism.keyvalue.namespace import AsyncKeyValue
-from prism.models import IdempotencyToken, ItemsInput, ItemsPage, Mutation, Predicate, RecordsPage
+from prism.models import (
+    Delivery,
+    IdempotencyToken,
+    ItemsInput,
+    ItemsPage,
+    Message,
+    Mutation,
+    Predicate,
+    RecordsPage,
+)
 from prism.planner import NamespacePlan
 from prism.plugins.manager import PluginSet, load_plugins
+from prism.queue.namespace import AsyncConsumer, AsyncQueue, DeliveryRef
 from prism.runtime import Runtime
-from prism.spi import KeyValueTraits
+from prism.spi import KeyValueTraits, QueueTraits
 
 T = TypeVar("T")
 
@@ -49,6 +62,14 @@ class AsyncPrism:
         :raises prism.PlanError: no configured backend meets its needs.
         """
         return self._runtime.keyvalue(namespace)
+
+    def queue(self, namespace: str) -> AsyncQueue:
+        """The Queue namespace ``namespace``.
+
+        :raises prism.NamespaceNotFound: it is not configured.
+        :raises prism.PlanError: no configured backend meets its needs.
+        """
+        return self._runtime.queue(namespace)
 
     def plan(self, namespace: str) -> NamespacePlan:
         """Which backend serves ``namespace``, and why."""
@@ -164,6 +185,102 @@ class KeyValue:
         return self._portal.run(self._inner.scan(limit=limit, page_token=page_token))
 
 
+class Consumer:
+    """One consumer of a group, synchronous. Same methods as :class:`AsyncConsumer`;
+    use it with ``with`` so undelivered work comes back when it stops."""
+
+    def __init__(self, inner: AsyncConsumer, portal: _LoopThread) -> None:
+        self._inner = inner
+        self._portal = portal
+
+    @property
+    def id(self) -> str:
+        return self._inner.id
+
+    @property
+    def topic(self) -> str:
+        return self._inner.topic
+
+    @property
+    def group(self) -> str:
+        return self._inner.group
+
+    def __repr__(self) -> str:
+        return repr(self._inner)
+
+    def consume(self, max_messages: int = 10, wait: timedelta | float = 0) -> list[Delivery]:
+        return self._portal.run(self._inner.consume(max_messages, wait))
+
+    def ack(self, ids: Iterable[DeliveryRef]) -> None:
+        return self._portal.run(self._inner.ack(ids))
+
+    def nack(self, ids: Iterable[DeliveryRef], *, requeue: bool = True) -> None:
+        return self._portal.run(self._inner.nack(ids, requeue=requeue))
+
+    def close(self) -> None:
+        return self._portal.run(self._inner.close())
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class Queue:
+    """One Queue namespace, synchronous. Same methods as :class:`AsyncQueue`."""
+
+    def __init__(self, inner: AsyncQueue, portal: _LoopThread) -> None:
+        self._inner = inner
+        self._portal = portal
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    @property
+    def backend_name(self) -> str:
+        return self._inner.backend_name
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return self._inner.capabilities
+
+    @property
+    def traits(self) -> QueueTraits:
+        return self._inner.traits
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest message (key, payload and headers) this namespace accepts."""
+        return self._inner.max_message_bytes
+
+    def dead_letter_topic(self, topic: str) -> str:
+        return self._inner.dead_letter_topic(topic)
+
+    def __repr__(self) -> str:
+        return f"<Queue {self.name!r} on {self.backend_name!r}>"
+
+    def publish(self, topic: str, messages: Sequence[Message]) -> list[str]:
+        return self._portal.run(self._inner.publish(topic, messages))
+
+    def consume(
+        self, topic: str, group: str, max_messages: int = 10, wait: timedelta | float = 0
+    ) -> list[Delivery]:
+        return self._portal.run(self._inner.consume(topic, group, max_messages, wait))
+
+    def ack(self, topic: str, group: str, ids: Iterable[DeliveryRef]) -> None:
+        return self._portal.run(self._inner.ack(topic, group, ids))
+
+    def nack(self, topic: str, group: str, ids: Iterable[DeliveryRef], *, requeue: bool = True) -> None:
+        return self._portal.run(self._inner.nack(topic, group, ids, requeue=requeue))
+
+    def consumer(self, topic: str, group: str) -> Consumer:
+        return Consumer(self._inner.consumer(topic, group), self._portal)
+
+
 class Prism:
     """An open Prism, for synchronous code. Close it (or use ``with``) when done."""
 
@@ -171,6 +288,7 @@ class Prism:
         self._async = AsyncPrism(config, plugins=plugins)
         self._portal = _LoopThread()
         self._handles: dict[str, KeyValue] = {}
+        self._queues: dict[str, Queue] = {}
         self._closed = False
 
     @property
@@ -187,6 +305,14 @@ class Prism:
         if handle is None:
             handle = KeyValue(self._async.keyvalue(namespace), self._portal)
             self._handles[namespace] = handle
+        return handle
+
+    def queue(self, namespace: str) -> Queue:
+        """The Queue namespace ``namespace``; see :meth:`AsyncPrism.queue`."""
+        handle = self._queues.get(namespace)
+        if handle is None:
+            handle = Queue(self._async.queue(namespace), self._portal)
+            self._queues[namespace] = handle
         return handle
 
     def plan(self, namespace: str) -> NamespacePlan:

@@ -28,7 +28,7 @@ from prism.plugins.registry import BackendRegistry
 from prism.spi import Consistency, Durability
 from prism.units import ByteSize, parse_duration, parse_size
 
-Abstraction = Literal["keyvalue"]
+Abstraction = Literal["keyvalue", "queue"]
 ABSTRACTIONS: tuple[str, ...] = typing.get_args(Abstraction)
 
 #: Namespace names become table, keyspace and topic names, so they are kept to
@@ -75,11 +75,40 @@ class Limits:
 
 
 @attrs.frozen
+class QueueLimits:
+    """Per-namespace Queue settings and limits (the ``queue:`` block of a queue
+    namespace). Each limit is enforced with a ``LimitExceeded`` that names it."""
+
+    max_message_bytes: ByteSize = ByteSize(1024 * 1024)
+    """Key, payload and header names and values of one message together; capped by
+    what the backend can store."""
+    max_batch: int = 1000
+    """Messages per publish, deliveries per consume, ids per ack or nack."""
+    max_topic_name_bytes: int = 200
+    """Topic and group names: letters, digits, '.', '_' and '-', starting with a
+    letter or digit, at most this long. 200 leaves room below Kafka's 249 for the
+    dead-letter suffix and a namespace prefix."""
+    visibility_timeout: timedelta = timedelta(seconds=30)
+    """How long a delivery stays with its consumer before it is delivered again."""
+    max_attempts: int = 5
+    """Deliveries of one message to one group before it moves to the dead-letter topic."""
+    max_wait: timedelta = timedelta(seconds=20)
+    """The longest ``wait`` a consume call may ask for."""
+    max_delay: timedelta = timedelta(days=7)
+    """The furthest ``deliver_after`` may lie in the future."""
+    dead_letter_suffix: str = ".dlq"
+    """A message that exhausted its attempts on topic T moves to topic T + suffix.
+    Messages on a topic with this suffix are never moved again."""
+
+
+@attrs.frozen
 class NamespaceConfig:
     abstraction: Abstraction
     needs: Needs = Needs()
     backend: str | None = None
     limits: Limits = Limits()
+    queue: QueueLimits = QueueLimits()
+    """Only for queue namespaces."""
 
 
 @attrs.frozen
@@ -294,8 +323,8 @@ def parse_config(
         if not isinstance(plugin, str):
             problems.append(f"{path}.plugin: expected a plugin name, got {plugin!r}")
             continue
-        backend_type = registry.keyvalue.get(plugin)
-        if backend_type is None:
+        settings_type = registry.settings_type(plugin)
+        if settings_type is None:
             available = ", ".join(registry.names()) or "none"
             problems.append(
                 f"{path}.plugin: no installed plugin is named {plugin!r} (available: {available}); "
@@ -304,7 +333,7 @@ def parse_config(
             continue
         settings_data = {k: v for k, v in body.items() if k != "plugin"}
         try:
-            settings = _converter.structure(settings_data, backend_type.settings_type)
+            settings = _converter.structure(settings_data, settings_type)
         except Exception as exc:
             problems += flatten_errors(exc, path)
             continue
@@ -319,6 +348,7 @@ def parse_config(
         if ns.backend is not None and ns.backend not in raw.backends:
             known = ", ".join(raw.backends) or "none configured"
             problems.append(f"{path}.backend: no backend is named {ns.backend!r} (backends: {known})")
+        problems += _abstraction_problems(path, ns)
 
     if problems:
         raise ConfigError(problems, source)
@@ -331,6 +361,35 @@ def parse_config(
         source=source,
         base_dir=base_dir or Path.cwd(),
     )
+
+
+def _abstraction_problems(path: str, ns: NamespaceConfig) -> list[str]:
+    """Settings that do not belong to the namespace's abstraction are errors, not
+    silently ignored."""
+    out: list[str] = []
+    foreign = sorted(set(ns.needs.capabilities) - capabilities.BY_ABSTRACTION[ns.abstraction])
+    if foreign:
+        out.append(
+            f"{path}.needs.capabilities: {', '.join(foreign)} do not apply to {ns.abstraction}; "
+            f"expected some of {', '.join(sorted(capabilities.BY_ABSTRACTION[ns.abstraction]))}"
+        )
+    if ns.abstraction != "queue" and ns.queue != QueueLimits():
+        out.append(f"{path}.queue: only queue namespaces take queue settings")
+    if ns.abstraction == "queue":
+        q = ns.queue
+        for name, value in (("max_batch", q.max_batch), ("max_attempts", q.max_attempts)):
+            if value < 1:
+                out.append(f"{path}.queue.{name}: must be at least 1, got {value}")
+        if q.max_topic_name_bytes < 1:
+            out.append(f"{path}.queue.max_topic_name_bytes: must be at least 1, got {q.max_topic_name_bytes}")
+        if q.visibility_timeout <= timedelta(0):
+            out.append(f"{path}.queue.visibility_timeout: must be longer than 0")
+        if not q.dead_letter_suffix or not re.fullmatch(r"[A-Za-z0-9._-]+", q.dead_letter_suffix):
+            out.append(
+                f"{path}.queue.dead_letter_suffix: use letters, digits, '.', '_' and '-', "
+                f"got {q.dead_letter_suffix!r}"
+            )
+    return out
 
 
 def _salvage(data: Mapping[str, Any], problems: list[str]) -> _RawConfig:

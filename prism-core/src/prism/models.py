@@ -1,4 +1,4 @@
-"""Public value types of the KeyValue abstraction.
+"""Public value types of the KeyValue and Queue abstractions.
 
 Everything here is an immutable attrs class. Keys and values are bytes; the API
 accepts ``str`` too and encodes it as UTF-8.
@@ -166,3 +166,54 @@ class RecordsPage:
 
     record_ids: Sequence[str]
     next_page_token: str | None = None
+
+
+# -- Queue ------------------------------------------------------------------------
+
+
+def _headers(value: Mapping[str, bytes | str] | None) -> dict[str, bytes]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"headers must be a mapping of str to bytes, got {type(value).__name__}")
+    out: dict[str, bytes] = {}
+    for name, item in value.items():
+        if not isinstance(name, str):
+            raise TypeError(f"header names must be str, got {type(name).__name__}")
+        out[name] = _to_bytes(item)
+    return out
+
+
+@attrs.frozen
+class Message:
+    """A message to publish.
+
+    ``key`` orders messages: with ``queue.ordered_by_key``, messages with the same
+    non-empty key reach each group in publish order, one at a time. An empty key
+    means no ordering. ``deliver_after`` (a delay, or a timezone-aware time) holds
+    the message back until then; it needs ``queue.delay``.
+    """
+
+    key: bytes = attrs.field(converter=_to_bytes)
+    payload: bytes = attrs.field(converter=_to_bytes, repr=lambda v: f"<{len(v)} bytes>")
+    headers: Mapping[str, bytes] = attrs.field(factory=dict, converter=_headers, hash=False)
+    deliver_after: timedelta | datetime | None = None
+
+
+@attrs.frozen
+class Delivery:
+    """One delivery of a message to a consumer group.
+
+    Acknowledge it with its ``id`` (the message id, the same on every redelivery).
+    ``attempt`` is 1 on the first delivery to the group and counts up on each
+    redelivery.
+    """
+
+    id: str
+    topic: str
+    group: str
+    key: bytes
+    payload: bytes = attrs.field(repr=lambda v: f"<{len(v)} bytes>")
+    headers: Mapping[str, bytes] = attrs.field(hash=False)
+    attempt: int
+    published_at: datetime

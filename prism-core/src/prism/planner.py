@@ -15,7 +15,7 @@ import attrs
 from prism.config import Config, NamespaceConfig
 from prism.errors import PlanError
 from prism.plugins.registry import BackendRegistry
-from prism.spi import CONSISTENCY_ORDER, DURABILITY_ORDER, KeyValueTraits
+from prism.spi import CONSISTENCY_ORDER, DURABILITY_ORDER, KeyValueTraits, QueueTraits
 from prism.units import format_duration, format_size
 
 
@@ -28,7 +28,9 @@ class NamespacePlan:
     reason: str
 
 
-def _misfits(ns: NamespaceConfig, traits: KeyValueTraits, capabilities: frozenset[str]) -> list[str]:
+def _misfits(
+    ns: NamespaceConfig, traits: KeyValueTraits | QueueTraits, capabilities: frozenset[str]
+) -> list[str]:
     """Every way a backend falls short of a namespace's needs."""
     needs = ns.needs
     out: list[str] = []
@@ -36,6 +38,18 @@ def _misfits(ns: NamespaceConfig, traits: KeyValueTraits, capabilities: frozense
         needs.durability
     ):
         out.append(f"needs durability {needs.durability}, backend is {traits.durability}")
+    missing = sorted(set(needs.capabilities) - capabilities)
+    if isinstance(traits, QueueTraits):
+        # A queue's message-size limit is capped to the backend rather than refused,
+        # like max_key_bytes for KeyValue; only an explicit need is a misfit.
+        if needs.max_value_bytes is not None and needs.max_value_bytes > traits.max_message_bytes:
+            out.append(
+                f"needs messages up to {format_size(needs.max_value_bytes)}, backend holds at most "
+                f"{format_size(traits.max_message_bytes)}"
+            )
+        if missing:
+            out.append(f"lacks capabilities {', '.join(missing)}")
+        return out
     if needs.consistency and CONSISTENCY_ORDER.index(traits.consistency) < CONSISTENCY_ORDER.index(
         needs.consistency
     ):
@@ -49,7 +63,6 @@ def _misfits(ns: NamespaceConfig, traits: KeyValueTraits, capabilities: frozense
         out.append(
             f"needs values up to {format_size(wanted)}, backend holds at most {format_size(traits.max_value_bytes)}"
         )
-    missing = sorted(set(needs.capabilities) - capabilities)
     if missing:
         out.append(f"lacks capabilities {', '.join(missing)}")
     return out
@@ -126,3 +139,9 @@ def effective_max_value_bytes(ns: NamespaceConfig, traits: KeyValueTraits) -> in
 
 def default_ttl(ns: NamespaceConfig) -> timedelta | None:
     return ns.needs.ttl
+
+
+def effective_max_message_bytes(ns: NamespaceConfig, traits: QueueTraits) -> int:
+    """The namespace's message limit: ``queue.max_message_bytes``, never more than
+    the backend can store."""
+    return min(ns.queue.max_message_bytes, traits.max_message_bytes)

@@ -17,9 +17,18 @@ from prism.config import NAMESPACE_NAME, Config, NamespaceConfig
 from prism.errors import InvalidArgument, NamespaceNotFound, WrongAbstraction
 from prism.keyvalue.namespace import AsyncKeyValue
 from prism.pagetokens import PageTokenSigner
-from prism.planner import NamespacePlan, effective_max_value_bytes, plan_namespace
+from prism.planner import (
+    NamespacePlan,
+    effective_max_message_bytes,
+    effective_max_value_bytes,
+    plan_namespace,
+)
 from prism.plugins.manager import PluginSet
-from prism.spi import KeyValueBackend
+from prism.queue.namespace import AsyncQueue
+from prism.spi import KeyValueBackend, QueueBackend
+
+#: What the runtime starts, provisions and closes; the SPIs share these methods.
+AnyBackend = KeyValueBackend | QueueBackend
 
 
 def resolve_settings_paths(settings: Any, base_dir: Path) -> Any:
@@ -41,9 +50,13 @@ class Runtime:
         self.plugins = plugins
         self.signer = PageTokenSigner(config.page_token_secret)
         self._backends: dict[str, KeyValueBackend] = {}
-        self._started: dict[str, asyncio.Task[None]] = {}
-        self._provisioned: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._queue_backends: dict[str, QueueBackend] = {}
+        # Keyed by (abstraction, backend name): a plugin's KeyValue and Queue
+        # objects for one configured backend are separate and started separately.
+        self._started: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._provisioned: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         self._keyvalue: dict[str, AsyncKeyValue] = {}
+        self._queue: dict[str, AsyncQueue] = {}
         self._closed = False
 
     def namespace_config(self, name: str, abstraction: str) -> NamespaceConfig:
@@ -57,13 +70,19 @@ class Runtime:
                     "starting with a letter",
                     field="namespace",
                 )
-            return NamespaceConfig(abstraction="keyvalue")
+            return NamespaceConfig(abstraction="queue" if abstraction == "queue" else "keyvalue")
         if ns.abstraction != abstraction:
             raise WrongAbstraction(name, ns.abstraction, abstraction)
         return ns
 
-    def plan(self, name: str, abstraction: str = "keyvalue") -> NamespacePlan:
-        """How a namespace is served. Raises if it is unknown or cannot be planned."""
+    def plan(self, name: str, abstraction: str | None = None) -> NamespacePlan:
+        """How a namespace is served. Raises if it is unknown or cannot be planned.
+
+        ``abstraction`` defaults to the declared one (KeyValue for an undeclared
+        namespace)."""
+        if abstraction is None:
+            declared = self.config.namespaces.get(name)
+            abstraction = declared.abstraction if declared is not None else "keyvalue"
         return plan_namespace(
             name, self.namespace_config(name, abstraction), self.config, self.plugins.registry
         )
@@ -91,7 +110,7 @@ class Runtime:
             self._backends[chosen.backend] = backend
 
         async def ensure_ready() -> None:
-            await self._ensure_ready(chosen.backend, name)
+            await self._ensure_ready("keyvalue", chosen.backend, backend, name)
 
         handle = AsyncKeyValue(
             name,
@@ -107,27 +126,71 @@ class Runtime:
         self._keyvalue[name] = handle
         return handle
 
-    async def _ensure_ready(self, backend_name: str, namespace: str) -> None:
+    def queue(self, name: str) -> AsyncQueue:
+        """The Queue namespace ``name``.
+
+        :raises NamespaceNotFound: it is not configured (and auto_namespaces is off).
+        :raises PlanError: no configured backend meets its needs.
+        """
+        if self._closed:
+            raise RuntimeError("this Prism handle is closed")
+        cached = self._queue.get(name)
+        if cached is not None:
+            return cached
+        ns = self.namespace_config(name, "queue")
+        chosen = plan_namespace(name, ns, self.config, self.plugins.registry)
+        backend_type = self.plugins.registry.queue[chosen.plugin]
+        settings = self.config.backends[chosen.backend].settings
+        traits = backend_type.traits(settings)
+        backend = self._queue_backends.get(chosen.backend)
+        if backend is None:
+            resolved = resolve_settings_paths(settings, self.config.base_dir)
+            backend = backend_type.create(chosen.backend, resolved)
+            self._queue_backends[chosen.backend] = backend
+        started_backend = backend
+
+        async def ensure_ready() -> None:
+            await self._ensure_ready("queue", chosen.backend, started_backend, name)
+
+        handle = AsyncQueue(
+            name,
+            ns,
+            backend_name=chosen.backend,
+            backend=backend,
+            capabilities=backend_type.capabilities,
+            traits=traits,
+            max_message_bytes=effective_max_message_bytes(ns, traits),
+            ensure_ready=ensure_ready,
+        )
+        self._queue[name] = handle
+        return handle
+
+    async def _ensure_ready(
+        self, abstraction: str, backend_name: str, backend: AnyBackend, namespace: str
+    ) -> None:
         # Tasks, not flags: concurrent first calls wait for the same start, and a
         # failed start is retried by the next call instead of being cached.
-        started = self._started.get(backend_name)
+        key = (abstraction, backend_name)
+        started = self._started.get(key)
         if started is None or (started.done() and started.exception() is not None):
-            started = asyncio.ensure_future(self._backends[backend_name].start())
-            self._started[backend_name] = started
+            started = asyncio.ensure_future(backend.start())
+            self._started[key] = started
         await asyncio.shield(started)
-        key = (backend_name, namespace)
-        provisioned = self._provisioned.get(key)
+        pkey = (abstraction, backend_name, namespace)
+        provisioned = self._provisioned.get(pkey)
         if provisioned is None or (provisioned.done() and provisioned.exception() is not None):
-            provisioned = asyncio.ensure_future(self._backends[backend_name].provision(namespace))
-            self._provisioned[key] = provisioned
+            provisioned = asyncio.ensure_future(backend.provision(namespace))
+            self._provisioned[pkey] = provisioned
         await asyncio.shield(provisioned)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for name, backend in self._backends.items():
-            started = self._started.get(name)
+        backends: list[tuple[str, str, AnyBackend]] = [("keyvalue", n, b) for n, b in self._backends.items()]
+        backends += [("queue", n, b) for n, b in self._queue_backends.items()]
+        for abstraction, name, backend in backends:
+            started = self._started.get((abstraction, name))
             if started is None:
                 continue
             try:
@@ -136,3 +199,4 @@ class Runtime:
                 continue
             await backend.close()
         self._backends.clear()
+        self._queue_backends.clear()

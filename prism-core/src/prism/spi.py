@@ -197,3 +197,162 @@ class KeyValueBackendType:
     capabilities: frozenset[str]
     traits: Callable[[Any], KeyValueTraits]
     description: str = ""
+
+
+# -- Queue --------------------------------------------------------------------------
+#
+# Queue rows
+# ----------
+# A topic is an append-only log of :class:`StoredMessage`. A *group* reads the
+# whole log on its own (fan-out); the consumers of one group share it. For each
+# (topic, group, message) a backend keeps how often the message was delivered
+# (the attempt count), whether it is acknowledged, and, while it is in flight,
+# which consumer holds it and until when (its *lease*). A lease that ran out, or
+# that its consumer released, makes the message deliverable again.
+#
+# The core does the rest once for every backend: validation and limits, moving a
+# message to the dead-letter topic after ``max_attempts`` (see
+# :class:`QueueBackend.receive`), ``nack(requeue=False)``, and capping ``wait``.
+# This maps onto the datastores as follows:
+#
+# * Redis Streams: XADD (ids are stream ids), XREADGROUP with BLOCK for
+#   ``receive``, XACK, XPENDING/XAUTOCLAIM for leases that ran out (the delivery
+#   counter is the attempt), XCLAIM to release a consumer's entries.
+# * Kafka: a group maps to a consumer group; ids encode partition and offset;
+#   leases are kept by the consuming process and commits only advance over
+#   contiguously acknowledged offsets.
+# * SQLite: a messages table and a deliveries table keyed by (topic, group, id)
+#   holding attempt, acked and lease columns, updated in one transaction.
+
+
+@attrs.frozen
+class OutgoingMessage:
+    """A message as the core hands it to :meth:`QueueBackend.publish`."""
+
+    key: bytes
+    payload: bytes
+    headers: tuple[tuple[str, bytes], ...]
+    deliver_at_us: int | None = None
+    """Not deliverable before this time (only with ``queue.delay``)."""
+
+
+@attrs.frozen
+class StoredMessage:
+    """A published message as a backend returns it."""
+
+    id: str
+    key: bytes
+    payload: bytes
+    headers: tuple[tuple[str, bytes], ...]
+    published_at_us: int
+    deliver_at_us: int | None = None
+
+
+@attrs.frozen
+class Lease:
+    """One delivery of one message to one consumer of a group.
+
+    ``attempt`` counts every delivery of this message to this group, this one
+    included, so the first delivery has attempt 1."""
+
+    message: StoredMessage
+    attempt: int
+
+
+@attrs.frozen
+class ReceiveRequest:
+    """What :meth:`QueueBackend.receive` is asked for."""
+
+    topic: str
+    group: str
+    consumer: str
+    """Who holds the leases; :meth:`QueueBackend.release_consumer` frees them."""
+    max_messages: int
+    visibility_us: int
+    """How long a lease lasts before the message is deliverable again."""
+    wait_s: float
+    """How long to block for the first deliverable message; 0 means do not block."""
+
+
+@runtime_checkable
+class QueueBackend(Protocol):
+    """The Queue storage SPI. One instance serves every namespace planned onto one
+    configured backend; ``namespace``, ``topic`` and ``group`` are already
+    validated names. An id that was never delivered to a group is *unknown* to
+    it; once delivered it stays known, so a backend may check ids and then act
+    on them without a race."""
+
+    async def start(self) -> None:
+        """Connect. Called once before any other method."""
+
+    async def provision(self, namespace: str) -> None:
+        """Create what ``namespace`` needs. Idempotent; called before the
+        namespace's first operation in each process. Topics and groups are
+        created on first use."""
+
+    async def publish(self, namespace: str, topic: str, messages: Sequence[OutgoingMessage]) -> list[str]:
+        """Append ``messages`` in order and return their ids, in the same order,
+        only once they are durable at the backend's durability level. Ids are
+        unique within the topic and never reused."""
+
+    async def receive(self, namespace: str, request: ReceiveRequest) -> list[Lease]:
+        """Lease up to ``max_messages`` deliverable messages to ``consumer``.
+
+        A message is deliverable to a group when the group has not acknowledged
+        it, no live lease holds it, and its ``deliver_at_us`` has passed. Each
+        lease counts the attempt up. Messages come in publish order. With
+        ``queue.ordered_by_key``: while a non-empty key has a live lease in the
+        group, no later message with that key is leased (so one call returns at
+        most one message per key). A group created by its first ``receive``
+        starts at the beginning of the topic.
+
+        Blocks up to ``wait_s`` until at least one message is deliverable, and
+        must wake on publish (and on release) rather than poll at a fixed rate.
+        The core moves leases whose attempt is above the namespace's
+        ``max_attempts`` to the dead-letter topic and acknowledges them."""
+
+    async def ack(self, namespace: str, topic: str, group: str, ids: Sequence[str]) -> list[str]:
+        """Acknowledge ``ids`` for ``group``: never deliver them to it again.
+        Acknowledging twice is not an error. Returns the ids unknown to the
+        group; if there are any, nothing is acknowledged."""
+
+    async def release(self, namespace: str, topic: str, group: str, ids: Sequence[str]) -> list[str]:
+        """End the leases on ``ids`` so they are deliverable again now.
+        Acknowledged ids are left alone. Returns the unknown ids; if there are
+        any, nothing is released."""
+
+    async def release_consumer(self, namespace: str, topic: str, group: str, consumer: str) -> None:
+        """End every lease ``consumer`` holds in ``group`` (its consumer closed)."""
+
+    async def lookup(
+        self, namespace: str, topic: str, group: str, ids: Sequence[str]
+    ) -> dict[str, StoredMessage | None]:
+        """For each id known to ``group``: the message, or None if the group
+        has acknowledged it. Unknown ids are left out. The core uses it to
+        dead-letter on ``nack(requeue=False)``."""
+
+    async def close(self) -> None:
+        """Release connections. No other method is called afterwards."""
+
+
+@attrs.frozen
+class QueueTraits:
+    """What one configured Queue backend offers; the planner matches needs against it."""
+
+    durability: Durability
+    max_message_bytes: int
+    """The largest message (key, payload and headers) the backend can store."""
+
+
+@attrs.frozen
+class QueueBackendType:
+    """A Queue backend as a plugin registers it; see :class:`KeyValueBackendType`.
+
+    A plugin that registers both abstractions under one name uses the same
+    ``settings_type`` for both, since one ``backends:`` entry configures both."""
+
+    settings_type: type[Any]
+    create: Callable[[str, Any], QueueBackend]
+    capabilities: frozenset[str]
+    traits: Callable[[Any], QueueTraits]
+    description: str = ""

@@ -1,4 +1,5 @@
-"""The ``memory`` backend: the reference implementation of every KeyValue capability.
+"""The ``memory`` backend: the reference implementation of every KeyValue capability,
+and of every Queue capability (in :mod:`prism.backends.memory_queue`).
 
 Data lives in the process and is lost when it exits. Every operation runs without
 awaiting in between, so on one event loop each call is atomic, which is what
@@ -13,9 +14,18 @@ from collections.abc import Sequence
 import attrs
 
 from prism import capabilities
+from prism.backends.memory_queue import MemoryQueue
 from prism.plugins import hookimpl
 from prism.plugins.registry import BackendRegistry
-from prism.spi import KeyValueBackendType, KeyValueTraits, ReadQuery, StoredItem, Version
+from prism.spi import (
+    KeyValueBackendType,
+    KeyValueTraits,
+    QueueBackendType,
+    QueueTraits,
+    ReadQuery,
+    StoredItem,
+    Version,
+)
 from prism.units import ByteSize
 
 MiB = 1024 * 1024
@@ -153,3 +163,21 @@ KEYVALUE = KeyValueBackendType(
 @hookimpl
 def prism_register_keyvalue(registry: BackendRegistry) -> None:
     registry.add_keyvalue("memory", KEYVALUE)
+
+
+def _queue_traits(settings: MemorySettings) -> QueueTraits:
+    return QueueTraits(durability="ephemeral", max_message_bytes=settings.max_value_bytes)
+
+
+QUEUE = QueueBackendType(
+    settings_type=MemorySettings,
+    create=MemoryQueue,
+    capabilities=frozenset({capabilities.QUEUE_ORDERED_BY_KEY, capabilities.QUEUE_DELAY}),
+    traits=_queue_traits,
+    description="in-process reference backend; messages are lost when the process exits",
+)
+
+
+@hookimpl
+def prism_register_queue(registry: BackendRegistry) -> None:
+    registry.add_queue("memory", QUEUE)

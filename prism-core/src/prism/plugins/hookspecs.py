@@ -3,7 +3,7 @@
 Hooks are grouped by lifecycle. Today there is one stage, *registration*: right
 after the plugins are loaded, Prism calls every registration hook once with the
 same registry. Registration hooks return nothing; they add backend types to the
-registry they receive. Later abstractions add one registration hook each.
+registry they receive. Each abstraction has one registration hook.
 
 Implement a hook by decorating a module-level function with :data:`hookimpl`.
 An implementation may ask for fewer arguments than the spec lists, so new
@@ -40,6 +40,21 @@ def prism_register_keyvalue(registry: BackendRegistry) -> None:
     configuration is read. Call ``registry.add_keyvalue(name, backend_type)`` for
     each backend type the plugin provides; ``name`` is what ``plugin:`` refers to
     in ``prism.yaml``, and is usually the plugin's entry-point name.
+
+    :param registry: The registry to add backend types to.
+    :return: Nothing; the registry holds the result.
+    """
+
+
+@_hookspec
+def prism_register_queue(registry: BackendRegistry) -> None:
+    """Register the plugin's Queue backend types.
+
+    Called once, right after every plugin has been loaded and after
+    :func:`prism_register_keyvalue`, before any configuration is read. Call
+    ``registry.add_queue(name, backend_type)`` for each Queue backend type the
+    plugin provides. A plugin that also provides KeyValue under the same
+    ``name`` must register the same ``settings_type`` for both.
 
     :param registry: The registry to add backend types to.
     :return: Nothing; the registry holds the result.

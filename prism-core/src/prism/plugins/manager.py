@@ -30,6 +30,9 @@ DISABLE_ENV = "PRISM_DISABLE_PLUGINS"
 #: any plugin, and are normally found through prism-core's own entry points.
 BUILTINS: dict[str, str] = {"memory": "prism.backends.memory"}
 
+#: One registration hook per abstraction, called in this order for each plugin.
+_REGISTRATION_HOOKS = ("prism_register_keyvalue", "prism_register_queue")
+
 _log = get_logger(__name__)
 
 
@@ -147,18 +150,20 @@ def load_plugins(
         registry._current = name
         before = set(registry.names())
         try:
-            pm.subset_hook_caller("prism_register_keyvalue", remove_plugins=others)(registry=registry)
+            for hook in _REGISTRATION_HOOKS:
+                pm.subset_hook_caller(hook, remove_plugins=others)(registry=registry)
         except Exception as exc:
             module_name, dist_name, dist_version = origin[name]
             _log.error("plugin_register_failed", plugin=name, error=_describe(exc))
             broken.append(BrokenPlugin(name, dist_name, dist_version, _describe(exc), traceback.format_exc()))
+            # Drop what the plugin registered before failing, in every abstraction.
             for partial in set(registry.names()) - before:
-                registry.keyvalue.pop(partial, None)
+                registry.remove(partial)
             continue
         module_name, dist_name, dist_version = origin[name]
         names = sorted(set(registry.names()) - before) or [name]
         abstractions = sorted({a for n in names for a in registry.abstractions_of(n)})
-        caps = sorted({c for n in names if n in registry.keyvalue for c in registry.keyvalue[n].capabilities})
+        caps = sorted({c for n in names for c in registry.capabilities_of(n)})
         loaded.append(
             LoadedPlugin(name, module_name, dist_name, dist_version, tuple(abstractions), tuple(caps))
         )

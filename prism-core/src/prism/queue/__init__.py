@@ -1,0 +1,1 @@
+"""The Queue abstraction: pub/sub with consumer groups and a durable log."""
