@@ -8,8 +8,9 @@ operation, and closed with the runtime.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -29,6 +30,7 @@ from prism.spi import KeyValueBackend, QueueBackend
 
 #: What the runtime starts, provisions and closes; the SPIs share these methods.
 AnyBackend = KeyValueBackend | QueueBackend
+B = TypeVar("B", KeyValueBackend, QueueBackend)
 
 
 def resolve_settings_paths(settings: Any, base_dir: Path) -> Any:
@@ -87,32 +89,43 @@ class Runtime:
             name, self.namespace_config(name, abstraction), self.config, self.plugins.registry
         )
 
+    def _route(self, name: str, abstraction: str) -> tuple[NamespaceConfig, NamespacePlan, Any]:
+        """The namespace's config, its plan and its backend's settings."""
+        if self._closed:
+            raise RuntimeError("this Prism handle is closed")
+        ns = self.namespace_config(name, abstraction)
+        chosen = plan_namespace(name, ns, self.config, self.plugins.registry)
+        return ns, chosen, self.config.backends[chosen.backend].settings
+
+    def _instance(self, cache: dict[str, B], chosen: NamespacePlan, create: Callable[[str, Any], B]) -> B:
+        """One backend object per configured backend and abstraction, shared by
+        every namespace planned onto it."""
+        backend = cache.get(chosen.backend)
+        if backend is None:
+            resolved = resolve_settings_paths(
+                self.config.backends[chosen.backend].settings, self.config.base_dir
+            )
+            backend = cache[chosen.backend] = create(chosen.backend, resolved)
+        return backend
+
     def keyvalue(self, name: str) -> AsyncKeyValue:
         """The KeyValue namespace ``name``.
 
         :raises NamespaceNotFound: it is not configured (and auto_namespaces is off).
         :raises PlanError: no configured backend meets its needs.
         """
-        if self._closed:
-            raise RuntimeError("this Prism handle is closed")
         cached = self._keyvalue.get(name)
-        if cached is not None:
+        if cached is not None and not self._closed:
             return cached
-        ns = self.namespace_config(name, "keyvalue")
-        chosen = plan_namespace(name, ns, self.config, self.plugins.registry)
+        ns, chosen, settings = self._route(name, "keyvalue")
         backend_type = self.plugins.registry.keyvalue[chosen.plugin]
-        settings = self.config.backends[chosen.backend].settings
         traits = backend_type.traits(settings)
-        backend = self._backends.get(chosen.backend)
-        if backend is None:
-            resolved = resolve_settings_paths(settings, self.config.base_dir)
-            backend = backend_type.create(chosen.backend, resolved)
-            self._backends[chosen.backend] = backend
+        backend = self._instance(self._backends, chosen, backend_type.create)
 
         async def ensure_ready() -> None:
             await self._ensure_ready("keyvalue", chosen.backend, backend, name)
 
-        handle = AsyncKeyValue(
+        handle = self._keyvalue[name] = AsyncKeyValue(
             name,
             ns,
             backend_name=chosen.backend,
@@ -123,7 +136,6 @@ class Runtime:
             max_value_bytes=effective_max_value_bytes(ns, traits),
             ensure_ready=ensure_ready,
         )
-        self._keyvalue[name] = handle
         return handle
 
     def queue(self, name: str) -> AsyncQueue:
@@ -132,27 +144,18 @@ class Runtime:
         :raises NamespaceNotFound: it is not configured (and auto_namespaces is off).
         :raises PlanError: no configured backend meets its needs.
         """
-        if self._closed:
-            raise RuntimeError("this Prism handle is closed")
         cached = self._queue.get(name)
-        if cached is not None:
+        if cached is not None and not self._closed:
             return cached
-        ns = self.namespace_config(name, "queue")
-        chosen = plan_namespace(name, ns, self.config, self.plugins.registry)
+        ns, chosen, settings = self._route(name, "queue")
         backend_type = self.plugins.registry.queue[chosen.plugin]
-        settings = self.config.backends[chosen.backend].settings
         traits = backend_type.traits(settings)
-        backend = self._queue_backends.get(chosen.backend)
-        if backend is None:
-            resolved = resolve_settings_paths(settings, self.config.base_dir)
-            backend = backend_type.create(chosen.backend, resolved)
-            self._queue_backends[chosen.backend] = backend
-        started_backend = backend
+        backend = self._instance(self._queue_backends, chosen, backend_type.create)
 
         async def ensure_ready() -> None:
-            await self._ensure_ready("queue", chosen.backend, started_backend, name)
+            await self._ensure_ready("queue", chosen.backend, backend, name)
 
-        handle = AsyncQueue(
+        handle = self._queue[name] = AsyncQueue(
             name,
             ns,
             backend_name=chosen.backend,
@@ -162,7 +165,6 @@ class Runtime:
             max_message_bytes=effective_max_message_bytes(ns, traits),
             ensure_ready=ensure_ready,
         )
-        self._queue[name] = handle
         return handle
 
     async def _ensure_ready(
