@@ -22,7 +22,7 @@ import threading
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from prism.config import Config, resolve_config
 from prism.keyvalue.namespace import AsyncKeyValue
@@ -43,6 +43,7 @@ from prism.runtime import Runtime
 from prism.spi import KeyValueTraits, QueueTraits
 
 T = TypeVar("T")
+Inner = TypeVar("Inner", AsyncKeyValue, AsyncQueue)
 
 ConfigSource = Config | Mapping[str, Any] | str | os.PathLike[str] | None
 
@@ -115,11 +116,12 @@ class _LoopThread:
         self.loop.close()
 
 
-class KeyValue:
-    """One KeyValue namespace, synchronous. Same methods as :class:`AsyncKeyValue`."""
+class _SyncNamespace(Generic[Inner]):
+    """What the sync handles of every abstraction share: the async handle they
+    drive on the loop thread, and its identity."""
 
-    def __init__(self, inner: AsyncKeyValue, portal: _LoopThread) -> None:
-        self._inner = inner
+    def __init__(self, inner: Inner, portal: _LoopThread) -> None:
+        self._inner: Inner = inner
         self._portal = portal
 
     @property
@@ -134,6 +136,13 @@ class KeyValue:
     def capabilities(self) -> frozenset[str]:
         return self._inner.capabilities
 
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} on {self.backend_name!r}>"
+
+
+class KeyValue(_SyncNamespace[AsyncKeyValue]):
+    """One KeyValue namespace, synchronous. Same methods as :class:`AsyncKeyValue`."""
+
     @property
     def traits(self) -> KeyValueTraits:
         """What the backend serving this namespace offers (row size, durability…)."""
@@ -143,9 +152,6 @@ class KeyValue:
     def max_value_bytes(self) -> int:
         """The largest value this namespace accepts."""
         return self._inner.max_value_bytes
-
-    def __repr__(self) -> str:
-        return f"<KeyValue {self.name!r} on {self.backend_name!r}>"
 
     def put_items(
         self,
@@ -229,24 +235,8 @@ class Consumer:
         self.close()
 
 
-class Queue:
+class Queue(_SyncNamespace[AsyncQueue]):
     """One Queue namespace, synchronous. Same methods as :class:`AsyncQueue`."""
-
-    def __init__(self, inner: AsyncQueue, portal: _LoopThread) -> None:
-        self._inner = inner
-        self._portal = portal
-
-    @property
-    def name(self) -> str:
-        return self._inner.name
-
-    @property
-    def backend_name(self) -> str:
-        return self._inner.backend_name
-
-    @property
-    def capabilities(self) -> frozenset[str]:
-        return self._inner.capabilities
 
     @property
     def traits(self) -> QueueTraits:
