@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("conformance", help="run the conformance suite against a backend")
     _add_config(p)
-    p.add_argument("--abstraction", default="keyvalue", choices=["keyvalue"])
+    p.add_argument("--abstraction", default="keyvalue", choices=["keyvalue", "queue"])
     p.add_argument("--report-dir", default="conformance-report", metavar="DIR")
     p.add_argument("backend", metavar="BACKEND", help="a backend named in the config, or a plugin name")
     p.set_defaults(func=cmd_conformance)

@@ -8,7 +8,7 @@ operation, and closed with the runtime.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -123,7 +123,9 @@ class Runtime:
         backend = self._instance(self._backends, chosen, backend_type.create)
 
         async def ensure_ready() -> None:
-            await self._ensure_ready("keyvalue", chosen.backend, backend, name)
+            await self._ensure_ready(
+                "keyvalue", chosen.backend, backend, name, lambda: backend.provision(name)
+            )
 
         handle = self._keyvalue[name] = AsyncKeyValue(
             name,
@@ -153,7 +155,9 @@ class Runtime:
         backend = self._instance(self._queue_backends, chosen, backend_type.create)
 
         async def ensure_ready() -> None:
-            await self._ensure_ready("queue", chosen.backend, backend, name)
+            await self._ensure_ready(
+                "queue", chosen.backend, backend, name, lambda: backend.provision(name, ns)
+            )
 
         handle = self._queue[name] = AsyncQueue(
             name,
@@ -168,7 +172,12 @@ class Runtime:
         return handle
 
     async def _ensure_ready(
-        self, abstraction: str, backend_name: str, backend: AnyBackend, namespace: str
+        self,
+        abstraction: str,
+        backend_name: str,
+        backend: AnyBackend,
+        namespace: str,
+        provision: Callable[[], Awaitable[None]],
     ) -> None:
         # Tasks, not flags: concurrent first calls wait for the same start, and a
         # failed start is retried by the next call instead of being cached.
@@ -181,7 +190,7 @@ class Runtime:
         pkey = (abstraction, backend_name, namespace)
         provisioned = self._provisioned.get(pkey)
         if provisioned is None or (provisioned.done() and provisioned.exception() is not None):
-            provisioned = asyncio.ensure_future(backend.provision(namespace))
+            provisioned = asyncio.ensure_future(provision())
             self._provisioned[pkey] = provisioned
         await asyncio.shield(provisioned)
 

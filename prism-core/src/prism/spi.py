@@ -32,9 +32,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import timedelta
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import attrs
+
+if TYPE_CHECKING:
+    from prism.config import NamespaceConfig
 
 Durability = Literal["ephemeral", "durable"]
 Consistency = Literal["eventual", "read_your_writes", "strong"]
@@ -285,10 +288,12 @@ class QueueBackend(Protocol):
     async def start(self) -> None:
         """Connect. Called once before any other method."""
 
-    async def provision(self, namespace: str) -> None:
-        """Create what ``namespace`` needs. Idempotent; called before the
-        namespace's first operation in each process. Topics and groups are
-        created on first use."""
+    async def provision(self, namespace: str, config: NamespaceConfig) -> None:
+        """Get ready for ``namespace``. Idempotent; called before the namespace's
+        first operation in each process. Topics and groups are created on first
+        use; a backend that sizes what it creates (Kafka partitions and
+        replication) reads the namespace's needs and ``queue:`` block from
+        ``config`` and keeps what it needs for later."""
 
     async def publish(self, namespace: str, topic: str, messages: Sequence[OutgoingMessage]) -> list[str]:
         """Append ``messages`` in order and return their ids, in the same order,

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import attrs
 
+from prism.config import NamespaceConfig
 from prism.models import now_micros
 from prism.spi import Lease, OutgoingMessage, ReceiveRequest, StoredMessage
 
@@ -54,7 +55,7 @@ class MemoryQueue:
     async def start(self) -> None:
         return None
 
-    async def provision(self, namespace: str) -> None:
+    async def provision(self, namespace: str, config: NamespaceConfig) -> None:
         return None
 
     def _topic(self, namespace: str, topic: str) -> _Topic:
