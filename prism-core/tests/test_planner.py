@@ -80,3 +80,12 @@ def test_no_backends_configured() -> None:
     config = _config({"ok": {"abstraction": "keyvalue"}}, backends={})
     with pytest.raises(PlanError, match="no backends are configured"):
         plan_namespace("ok", config.namespaces["ok"], config, REGISTRY)
+
+
+def test_refused_durability_says_why_the_backend_is_not_durable() -> None:
+    config = _config({"events": {"abstraction": "queue", "needs": {"durability": "durable"}}})
+    with pytest.raises(PlanError) as info:
+        plan_namespace("events", config.namespaces["events"], config, REGISTRY)
+    reason = info.value.reasons["mem"]
+    assert "needs durability durable, backend is ephemeral" in reason
+    assert "lost when it exits" in reason

@@ -37,7 +37,8 @@ def _misfits(
     if needs.durability and DURABILITY_ORDER.index(traits.durability) < DURABILITY_ORDER.index(
         needs.durability
     ):
-        out.append(f"needs durability {needs.durability}, backend is {traits.durability}")
+        note = f" ({traits.durability_note})" if traits.durability_note else ""
+        out.append(f"needs durability {needs.durability}, backend is {traits.durability}{note}")
     missing = sorted(set(needs.capabilities) - capabilities)
     if isinstance(traits, QueueTraits):
         # A queue's message-size limit is capped to the backend rather than refused,

@@ -183,6 +183,9 @@ class KeyValueTraits:
     """The longest item key or record id the backend can store, or None for no
     limit. A namespace's ``limits.max_key_bytes`` is capped by it, so an
     oversized key is refused up front with ``LimitExceeded``."""
+    durability_note: str = ""
+    """Why the backend has this durability, in a few words an operator can act on
+    (e.g. what server setting would make it durable). A refused plan shows it."""
 
 
 @attrs.frozen
@@ -347,6 +350,9 @@ class QueueTraits:
     durability: Durability
     max_message_bytes: int
     """The largest message (key, payload and headers) the backend can store."""
+    durability_note: str = ""
+    """Why the backend has this durability, in a few words an operator can act on
+    (e.g. what server setting would make it durable). A refused plan shows it."""
 
 
 @attrs.frozen

@@ -30,6 +30,9 @@ from prism.units import ByteSize
 
 MiB = 1024 * 1024
 
+#: Why memory is never durable, for refused plans.
+MEMORY_NOTE = "data lives in the process and is lost when it exits"
+
 
 @attrs.frozen
 class MemorySettings:
@@ -148,6 +151,7 @@ def _traits(settings: MemorySettings) -> KeyValueTraits:
         consistency="strong",
         max_item_bytes=settings.max_item_bytes,
         max_value_bytes=settings.max_value_bytes,
+        durability_note=MEMORY_NOTE,
     )
 
 
@@ -166,7 +170,9 @@ def prism_register_keyvalue(registry: BackendRegistry) -> None:
 
 
 def _queue_traits(settings: MemorySettings) -> QueueTraits:
-    return QueueTraits(durability="ephemeral", max_message_bytes=settings.max_value_bytes)
+    return QueueTraits(
+        durability="ephemeral", max_message_bytes=settings.max_value_bytes, durability_note=MEMORY_NOTE
+    )
 
 
 QUEUE = QueueBackendType(
