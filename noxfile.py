@@ -1,7 +1,8 @@
 """Every developer task of the Prism workspace, as a nox session.
 
-./dev                 lint, types and tests (what CI runs)
+./dev                 lint, protos-check, types and tests (what CI runs)
 ./dev -s demo         the embedded SQLite demo
+./dev -s protos       regenerate the prism.v1 gRPC code after editing prism-core/proto
 ./dev -s tests -- -k sqlite   pass arguments through to pytest
 ./dev -s services -- up       real Redis, Cassandra, Kafka and DynamoDB (moto) on loopback
 """
@@ -9,6 +10,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import nox
@@ -23,6 +26,12 @@ MEMBERS = [
 SRC_TREES = [f"{member}/src" for member in MEMBERS] + ["tools"]
 TEST_DEPS = ["pytest>=8", "hypothesis>=6"]
 TOOLS = {"ruff": "ruff==0.17.6", "mypy": "mypy==2.4.1"}
+#: The prism.v1 code generators. grpcio-tools pins the protobuf gencode version, so
+#: prism-core's protobuf floor follows it; mypy-protobuf writes the .pyi stubs.
+PROTO_TOOLS = ["grpcio-tools==1.85.1", "mypy-protobuf==5.1.0"]
+PROTO_SRC = ROOT / "prism-core" / "proto"
+PROTO_OUT = ROOT / "prism-core" / "src" / "prism" / "v1"
+TYPE_STUBS = ["types-PyYAML", "types-protobuf", "types-grpcio"]
 # The runner's readiness probes speak each server's real protocol; moto[server] is also the
 # DynamoDB server itself, run from this session's venv.
 SERVICES_DEPS = [
@@ -35,7 +44,7 @@ SERVICES_DEPS = [
 
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["lint", "types", "tests"]
+nox.options.sessions = ["lint", "protos-check", "types", "tests"]
 nox.options.error_on_missing_interpreters = True
 
 
@@ -70,8 +79,59 @@ def lint(session: nox.Session) -> None:
 def types(session: nox.Session) -> None:
     """mypy --strict over every src tree."""
     _install_members(session)
-    session.install(TOOLS["mypy"], "types-PyYAML", *TEST_DEPS, *SERVICES_DEPS)
+    session.install(TOOLS["mypy"], *TYPE_STUBS, *TEST_DEPS, *SERVICES_DEPS)
     session.run("mypy", "--strict", *SRC_TREES)
+
+
+def _generate_protos(session: nox.Session, out: Path) -> list[Path]:
+    """Run protoc over every .proto into ``out``; returns the generated files."""
+    session.install(*PROTO_TOOLS)
+    protos = sorted(str(p.relative_to(PROTO_SRC)) for p in PROTO_SRC.rglob("*.proto"))
+    bindir = Path(session.bin)  # protoc finds protoc-gen-mypy on PATH
+    session.run(
+        "python",
+        "-m",
+        "grpc_tools.protoc",
+        f"--proto_path={PROTO_SRC}",
+        f"--python_out={out}",
+        f"--grpc_python_out={out}",
+        f"--mypy_out={out}",
+        f"--mypy_grpc_out={out}",
+        *protos,
+        env={"PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"},
+        silent=True,
+    )
+    return sorted((out / "prism" / "v1").glob("*_pb2*"))
+
+
+def _generated_in_tree() -> list[Path]:
+    return sorted(PROTO_OUT.glob("*_pb2*"))
+
+
+@nox.session(python="3.11")
+def protos(session: nox.Session) -> None:
+    """Regenerate the prism.v1 code in prism-core/src/prism/v1 from prism-core/proto."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = _generate_protos(session, Path(tmp))
+        for stale in _generated_in_tree():
+            stale.unlink()
+        for path in fresh:
+            shutil.copy2(path, PROTO_OUT / path.name)
+    session.log(f"wrote {len(fresh)} files to {PROTO_OUT.relative_to(ROOT)}")
+
+
+@nox.session(python="3.11", name="protos-check")
+def protos_check(session: nox.Session) -> None:
+    """Fail if the committed prism.v1 code is not what the .proto files generate."""
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = {p.name: p.read_bytes() for p in _generate_protos(session, Path(tmp))}
+    committed = {p.name: p.read_bytes() for p in _generated_in_tree()}
+    stale = sorted(name for name in fresh.keys() | committed.keys() if fresh.get(name) != committed.get(name))
+    if stale:
+        session.error(
+            f"generated prism.v1 code is out of date ({', '.join(stale)}): run `./dev -s protos` and commit"
+        )
+    session.log(f"{len(committed)} generated files are current")
 
 
 @nox.session(python="3.11")
