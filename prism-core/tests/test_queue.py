@@ -419,6 +419,13 @@ def test_batch_topic_and_wait_limits() -> None:
         with pytest.raises(LimitExceeded) as info:
             await q.consume("t", "g" * 21)
         assert info.value.field == "group"
+        # The dead-letter topic of the longest topic name can be consumed, but
+        # the suffix allowance is for dead-letter topics only.
+        assert await q.consume("t" * 20 + ".dlq", "g") == []
+        with pytest.raises(LimitExceeded):
+            await q.consume("t" * 21 + ".dlq", "g")
+        with pytest.raises(LimitExceeded):
+            await q.consume("t" * 20, "g" * 20 + ".dlq")
         for bad in ("", "has space", "-leading", "ünï", "a/b"):
             with pytest.raises(InvalidArgument, match="name"):
                 await q.publish(bad, [msg("", "x")])

@@ -100,6 +100,12 @@ class AsyncQueue:
             )
         size = len(value.encode("utf-8"))
         limit = self.limits.max_topic_name_bytes
+        suffix = self.limits.dead_letter_suffix
+        if field == "topic" and value.endswith(suffix):
+            # A dead-letter topic is its topic's name plus the suffix, so every
+            # topic that may be published to has a dead-letter topic that may be
+            # consumed.
+            limit += len(suffix.encode("utf-8"))
         if size > limit:
             raise LimitExceeded(
                 f"{field} name {value[:40]!r}... is {size} bytes, over the namespace limit of {limit} "
