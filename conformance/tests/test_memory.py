@@ -1,10 +1,10 @@
-"""The suite against the reference ``memory`` backend: everything passes."""
+"""The suites against the reference ``memory`` backend: everything passes."""
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-from prism_conformance import KeyValueSuite
+from prism_conformance import KeyValueSuite, QueueSuite
 
 
 class TestMemory(KeyValueSuite):
@@ -15,3 +15,7 @@ class TestMemorySmallChunks(KeyValueSuite):
     """Values above 4 KiB are chunked, so chunking is exercised cheaply and often."""
 
     backend: ClassVar[dict[str, object]] = {"plugin": "memory", "max_item_bytes": 4096}
+
+
+class TestMemoryQueue(QueueSuite):
+    backend: ClassVar[dict[str, object]] = {"plugin": "memory"}

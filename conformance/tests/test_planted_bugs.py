@@ -1,10 +1,11 @@
-"""Sensitivity: the suite must fail on every planted bug, and pass on correct
-variants of the memory backend.
+"""Sensitivity: each suite must fail on every planted bug, and pass on correct
+variants of the memory backend (KeyValue in ``buggy_backends``, Queue in
+``buggy_queue_backends``).
 
 Each variant runs the whole suite in its own pytest process (as a plugin
 author would run it), writing the JSON report this test then reads. The runs
-are started together: most of a suite run is spent waiting for TTLs, so they
-overlap well even on two cores.
+are started together: most of a suite run is spent waiting for TTLs and
+visibility timeouts, so they overlap well even on two cores.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import attrs
 import pytest
 from buggy_backends import CONTROLS, PLANTED_BUGS
+from buggy_queue_backends import PLANTED_QUEUE_BUGS, QUEUE_CONTROLS
 
 from prism_conformance import report
 
@@ -27,6 +29,9 @@ TESTS_DIR = Path(__file__).resolve().parent
 #: A suite run that takes longer than this is counted as hung.
 RUN_TIMEOUT_S = 300
 PARALLEL_RUNS = max(4, 3 * (os.cpu_count() or 2))
+#: Queue suite runs spend nearly all their time waiting on consume calls, so
+#: many of them share a core well.
+PARALLEL_QUEUE_RUNS = 14
 
 GENERATED_MODULE = '''"""Generated: the KeyValue suite against the planted variant {name!r}."""
 
@@ -39,6 +44,24 @@ class TestPlanted(KeyValueSuite):
     plugins = plugin_set({name!r})
     # A planted bug may make the core loop forever; fail such a test quickly.
     time_limit = 20.0
+'''
+
+GENERATED_QUEUE_MODULE = '''"""Generated: the Queue suite against the planted variant {name!r}."""
+
+from datetime import timedelta
+
+from buggy_queue_backends import plugin_set
+from prism_conformance import QueueSuite
+
+
+class TestPlanted(QueueSuite):
+    backend = {{"plugin": {name!r}}}
+    plugins = plugin_set({name!r})
+    # A planted bug may hold back a delivery forever: fail such a test after
+    # 10 s rather than the default 60 s (memory delivers within milliseconds,
+    # and redeliveries after the suite's 2 s visibility timeout).
+    delivery_deadline = timedelta(seconds=10)
+    time_limit = 40.0
 '''
 
 
@@ -65,11 +88,11 @@ class SuiteRun:
         return {name for name, got in self.outcomes.items() if got == outcome}
 
 
-def run_suite_against(name: str, workdir: Path) -> SuiteRun:
+def run_suite_against(name: str, workdir: Path, template: str = GENERATED_MODULE) -> SuiteRun:
     folder = workdir / name
     folder.mkdir()
     module = folder / f"test_planted_{name}.py"
-    module.write_text(GENERATED_MODULE.format(name=name), encoding="utf-8")
+    module.write_text(template.format(name=name), encoding="utf-8")
     (folder / "pytest.ini").write_text("[pytest]\nxfail_strict = true\n", encoding="utf-8")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH")]))
@@ -100,12 +123,40 @@ def run_suite_against(name: str, workdir: Path) -> SuiteRun:
     return SuiteRun(name, returncode, output, data)
 
 
+@attrs.frozen
+class AllRuns:
+    keyvalue: dict[str, SuiteRun]
+    queue: dict[str, SuiteRun]
+
+
 @pytest.fixture(scope="module")
-def suite_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SuiteRun]:
-    workdir = tmp_path_factory.mktemp("planted")
-    names = [*PLANTED_BUGS, *CONTROLS]
-    with ThreadPoolExecutor(max_workers=PARALLEL_RUNS) as pool:
-        return dict(zip(names, pool.map(lambda n: run_suite_against(n, workdir), names), strict=True))
+def all_runs(tmp_path_factory: pytest.TempPathFactory) -> AllRuns:
+    """Every KeyValue and Queue variant, run at once in two pools."""
+    kv_dir = tmp_path_factory.mktemp("planted")
+    queue_dir = tmp_path_factory.mktemp("planted-queue")
+    kv_names = [*PLANTED_BUGS, *CONTROLS]
+    queue_names = [*PLANTED_QUEUE_BUGS, *QUEUE_CONTROLS]
+    with (
+        ThreadPoolExecutor(max_workers=PARALLEL_RUNS) as kv_pool,
+        ThreadPoolExecutor(max_workers=PARALLEL_QUEUE_RUNS) as queue_pool,
+    ):
+        queue_runs = queue_pool.map(
+            lambda n: run_suite_against(n, queue_dir, GENERATED_QUEUE_MODULE), queue_names
+        )
+        kv_runs = kv_pool.map(lambda n: run_suite_against(n, kv_dir), kv_names)
+        return AllRuns(
+            dict(zip(kv_names, kv_runs, strict=True)), dict(zip(queue_names, queue_runs, strict=True))
+        )
+
+
+@pytest.fixture(scope="module")
+def suite_runs(all_runs: AllRuns) -> dict[str, SuiteRun]:
+    return all_runs.keyvalue
+
+
+@pytest.fixture(scope="module")
+def queue_suite_runs(all_runs: AllRuns) -> dict[str, SuiteRun]:
+    return all_runs.queue
 
 
 @pytest.mark.parametrize("name", sorted(PLANTED_BUGS))
@@ -149,3 +200,48 @@ def test_correct_variants_pass_the_suite(name: str, suite_runs: dict[str, SuiteR
                 f"{name}: {test['name']} was not applicable: {test['reason']}"
             )
     assert run.suite["maturity"]["level"] == (3 if declared >= set(report.NOT_EMULATED) else 2)
+
+
+# -- Queue -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(PLANTED_QUEUE_BUGS))
+def test_the_queue_suite_catches_the_planted_bug(name: str, queue_suite_runs: dict[str, SuiteRun]) -> None:
+    run = queue_suite_runs[name]
+    failed = run.with_outcome("fail")
+    assert failed, f"the Queue suite passed against the planted bug {name!r}:\n{run.output[-3000:]}"
+    assert run.returncode == 1, f"{name}: pytest should report failures (exit 1), got {run.returncode}"
+    expected = set(PLANTED_QUEUE_BUGS[name][2])
+    assert failed & expected, (
+        f"{name}: none of the tests meant to catch it failed ({sorted(expected)}); "
+        f"the failures were {sorted(failed)}"
+    )
+    assert run.suite["abstraction"] == "queue"
+    assert run.suite["maturity"]["level"] < 3, (
+        f"{name}: a backend with a planted bug reached maturity level 3"
+    )
+
+
+def test_every_planted_queue_bug_is_a_distinct_variant() -> None:
+    classes = [backend_class for backend_class, _, _ in PLANTED_QUEUE_BUGS.values()]
+    assert len(set(classes)) == len(classes)
+
+
+@pytest.mark.parametrize("name", sorted(QUEUE_CONTROLS))
+def test_correct_queue_variants_pass_the_suite(name: str, queue_suite_runs: dict[str, SuiteRun]) -> None:
+    run = queue_suite_runs[name]
+    assert run.with_outcome("fail") == set(), f"{name} is correct but failed:\n{run.output[-5000:]}"
+    assert run.with_outcome("opted_out") == set()
+    assert run.with_outcome("skipped") == run.with_outcome("not_run") == set()
+    assert run.returncode == 0, run.output[-3000:]
+    declared = set(QUEUE_CONTROLS[name][1])
+    for test in run.suite["tests"]:
+        if test["category"] not in ("core", *declared):
+            assert test["outcome"] == "not_applicable", (
+                f"{name}: {test['name']} tests an undeclared capability"
+            )
+            assert "refusal verified" in test["reason"], test
+        else:
+            assert test["outcome"] == "pass", f"{name}: {test['name']}: {test['outcome']} {test['reason']}"
+    not_emulated = set(report.NOT_EMULATED_BY_ABSTRACTION["queue"])
+    assert run.suite["maturity"]["level"] == (3 if declared >= not_emulated else 2)

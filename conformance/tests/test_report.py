@@ -103,3 +103,58 @@ def test_written_report_has_json_and_markdown(tmp_path: Path) -> None:
     assert "| test_a | core | pass | opted out |" in markdown
     assert "scan \\| listed a record twice" in markdown, "table cells must escape pipes"
     assert "known gap" in markdown
+
+
+QUEUE_BOTH = ["queue.delay", "queue.ordered_by_key"]
+
+
+def _queue_suite(declared: list[str], *tests: tuple[str, str, str]) -> SuiteResult:
+    suite = _suite(declared, *tests)
+    suite.suite, suite.suite_id, suite.abstraction = "TestQ", "t.py::TestQ", "queue"
+    return suite
+
+
+def test_queue_levels_follow_the_queue_capabilities() -> None:
+    complete = _queue_suite(
+        QUEUE_BOTH,
+        ("a", "core", "pass"),
+        ("b", "queue.delay", "pass"),
+        ("c", "queue.ordered_by_key", "pass"),
+    )
+    assert report.maturity(complete) == report.Maturity(3, "complete", ())
+    without_delay = _queue_suite(
+        ["queue.ordered_by_key"],
+        ("a", "core", "pass"),
+        ("b", "queue.delay", "not_applicable"),
+        ("c", "queue.ordered_by_key", "pass"),
+    )
+    level = report.maturity(without_delay)
+    assert (level.level, level.blockers) == (2, ("does not declare queue.delay",))
+    broken_order = _queue_suite(QUEUE_BOTH, ("a", "core", "pass"), ("c", "queue.ordered_by_key", "fail"))
+    assert report.maturity(broken_order).level == 1
+    assert report.maturity(_queue_suite(QUEUE_BOTH, ("a", "core", "fail"))).level == 0
+
+
+def test_queue_capability_summary_lists_queue_capabilities_only() -> None:
+    suite = _queue_suite(
+        ["queue.ordered_by_key"],
+        ("b", "queue.delay", "not_applicable"),
+        ("c", "queue.ordered_by_key", "pass"),
+    )
+    summary = report.capability_summary(suite)
+    assert sorted(summary) == QUEUE_BOTH
+    assert summary["queue.delay"]["status"] == "not declared: refusal verified (Unsupported)"
+    assert summary["queue.ordered_by_key"]["status"] == "declared: 1/1 tests pass"
+
+
+def test_a_report_with_both_abstractions(tmp_path: Path) -> None:
+    kv = _suite(BOTH, ("test_a", "core", "pass"))
+    queue = _queue_suite(QUEUE_BOTH, ("test_q", "core", "pass"))
+    _, md_path = report.write_report(tmp_path, [kv, queue])
+    markdown = md_path.read_text(encoding="utf-8")
+    assert "| TestX (x) | keyvalue |" in markdown
+    assert "| TestQ (x) | queue |" in markdown
+    # A capability of the other abstraction is an empty cell, not a verdict.
+    assert "| kv.scan | declared: 0/0 tests pass |  |" in markdown
+    assert "| queue.delay |  | declared: 0/0 tests pass |" in markdown
+    assert "queue.ordered_by_key and queue.delay for Queue" in markdown

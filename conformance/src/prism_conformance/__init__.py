@@ -1,17 +1,20 @@
 """The Prism conformance suite.
 
-A backend plugin proves itself with one subclass::
+A backend plugin proves itself with one subclass per abstraction it offers::
 
-    from prism_conformance import KeyValueSuite
+    from prism_conformance import KeyValueSuite, QueueSuite
 
     class TestMine(KeyValueSuite):
+        backend = {"plugin": "mine", "url": "..."}
+
+    class TestMineQueue(QueueSuite):
         backend = {"plugin": "mine", "url": "..."}
 
 and ``pytest``. Every test opens fresh, empty namespaces on that backend through
 Prism's public API. A test may be turned off only with :func:`opt_out`, which
 the report shows; ``--prism-report-dir DIR`` writes the report (JSON and
 Markdown) with the maturity level that follows from the results. ``prism
-conformance BACKEND`` does all of this without writing a test module
+conformance [--abstraction queue] BACKEND`` does all of this without writing a test module
 (:func:`prism_conformance.runner.run`).
 """
 
@@ -25,16 +28,17 @@ import pytest
 # test modules) for readable failures. This must happen before they are
 # imported, which is why the suite itself is imported lazily below: importing
 # prism_conformance.runner in a CLI must not import the suite before pytest runs.
-pytest.register_assert_rewrite("prism_conformance.keyvalue")
+pytest.register_assert_rewrite("prism_conformance.keyvalue", "prism_conformance.queue")
 
 from prism_conformance.marks import opt_out, requires_capability  # noqa: E402
 
 if TYPE_CHECKING:
     from prism_conformance.keyvalue import KeyValueSuite
+    from prism_conformance.queue import QueueSuite
 
 __version__ = "0.1.0"
 
-__all__ = ["KeyValueSuite", "__version__", "opt_out", "requires_capability"]
+__all__ = ["KeyValueSuite", "QueueSuite", "__version__", "opt_out", "requires_capability"]
 
 
 def __getattr__(name: str) -> Any:
@@ -42,4 +46,8 @@ def __getattr__(name: str) -> Any:
         from prism_conformance.keyvalue import KeyValueSuite
 
         return KeyValueSuite
+    if name == "QueueSuite":
+        from prism_conformance.queue import QueueSuite
+
+        return QueueSuite
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

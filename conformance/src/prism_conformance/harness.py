@@ -1,6 +1,7 @@
 """Fresh, empty namespaces for suite tests, opened through the public API.
 
-Each call to :meth:`NamespaceHarness.open` builds a configuration with the
+Each call to :meth:`NamespaceHarness.open` (KeyValue) or
+:meth:`NamespaceHarness.open_queues` (Queue) builds a configuration with the
 backend under test (named ``under_test``) and one or more namespaces with new,
 unique names, and opens it with :func:`prism.open`. Unique names are what make
 a namespace empty on a backend that keeps data between runs (a database file,
@@ -55,16 +56,26 @@ def backend_config(backend: Mapping[str, Any]) -> dict[str, Any]:
 
 @attrs.frozen
 class OpenedNamespaces:
-    """One open Prism and the fresh namespaces declared in it."""
+    """One open Prism and the fresh KeyValue namespaces declared in it."""
 
     db: prism.Prism
     namespaces: tuple[prism.KeyValue, ...]
 
 
+@attrs.frozen
+class OpenedQueues:
+    """One open Prism and the fresh Queue namespaces declared in it."""
+
+    db: prism.Prism
+    queues: tuple[prism.Queue, ...]
+
+
 class NamespaceHarness:
     """Opens fresh namespaces on one backend and closes them after the test."""
 
-    def __init__(self, backend: Mapping[str, Any], plugins: PluginSet) -> None:
+    def __init__(
+        self, backend: Mapping[str, Any], plugins: PluginSet, *, abstraction: str = "keyvalue"
+    ) -> None:
         if not isinstance(backend, Mapping) or not isinstance(backend.get("plugin"), str):
             raise TypeError(
                 "the backend under test must be a mapping like prism.yaml's backends entries, "
@@ -72,8 +83,9 @@ class NamespaceHarness:
             )
         self.backend = backend_config(backend)
         self.plugins = plugins
+        self.abstraction = abstraction
         self.page_token_secret = secrets.token_hex(16)
-        self._opened: list[OpenedNamespaces] = []
+        self._opened: list[OpenedNamespaces | OpenedQueues] = []
 
     @property
     def plugin_name(self) -> str:
@@ -81,8 +93,10 @@ class NamespaceHarness:
 
     @property
     def declared_capabilities(self) -> frozenset[str]:
-        """What the backend's plugin declares; empty if the plugin is not loaded."""
-        backend_type = self.plugins.registry.keyvalue.get(self.plugin_name)
+        """What the backend's plugin declares for the harness's abstraction;
+        empty if the plugin is not loaded or does not offer that abstraction."""
+        types = self.plugins.registry.by_abstraction().get(self.abstraction, {})
+        backend_type = types.get(self.plugin_name)
         return backend_type.capabilities if backend_type is not None else frozenset()
 
     def open(
@@ -102,17 +116,12 @@ class NamespaceHarness:
         for a foreign signature.
         """
         names = [unique_namespace_name() for _ in range(count)]
-        namespace_body: dict[str, Any] = {"abstraction": "keyvalue", "backend": BACKEND_NAME}
+        body: dict[str, Any] = {"abstraction": "keyvalue", "backend": BACKEND_NAME}
         if limits:
-            namespace_body["limits"] = dict(limits)
+            body["limits"] = dict(limits)
         if needs:
-            namespace_body["needs"] = dict(needs)
-        config = {
-            "backends": {BACKEND_NAME: dict(self.backend)},
-            "namespaces": {name: dict(namespace_body) for name in names},
-            "page_token_secret": self.page_token_secret,
-        }
-        db = prism.open(config, plugins=self.plugins)
+            body["needs"] = dict(needs)
+        db = self._open_prism(names, body)
         try:
             handles = tuple(db.keyvalue(name) for name in names)
         except BaseException:
@@ -122,10 +131,46 @@ class NamespaceHarness:
         self._opened.append(opened)
         return opened
 
+    def open_queues(
+        self,
+        count: int = 1,
+        *,
+        queue: Mapping[str, Any] | None = None,
+        needs: Mapping[str, Any] | None = None,
+    ) -> OpenedQueues:
+        """Open ``count`` fresh Queue namespaces in one Prism, with the
+        ``queue:`` settings and ``needs`` given (as in ``prism.yaml``, e.g.
+        ``queue={"visibility_timeout": "2s"}``). As for :meth:`open`, every
+        namespace is pinned to the backend under test, so a need it cannot meet
+        raises ``PlanError``."""
+        names = [unique_namespace_name() for _ in range(count)]
+        body: dict[str, Any] = {"abstraction": "queue", "backend": BACKEND_NAME}
+        if queue:
+            body["queue"] = dict(queue)
+        if needs:
+            body["needs"] = dict(needs)
+        db = self._open_prism(names, body)
+        try:
+            handles = tuple(db.queue(name) for name in names)
+        except BaseException:
+            db.close()
+            raise
+        opened = OpenedQueues(db, handles)
+        self._opened.append(opened)
+        return opened
+
+    def _open_prism(self, names: list[str], body: Mapping[str, Any]) -> prism.Prism:
+        config = {
+            "backends": {BACKEND_NAME: dict(self.backend)},
+            "namespaces": {name: dict(body) for name in names},
+            "page_token_secret": self.page_token_secret,
+        }
+        return prism.open(config, plugins=self.plugins)
+
     def owner_of(self, kv: prism.KeyValue) -> OpenedNamespaces:
         """The Prism a namespace handle of this harness belongs to."""
         for opened in self._opened:
-            if any(handle is kv for handle in opened.namespaces):
+            if isinstance(opened, OpenedNamespaces) and any(handle is kv for handle in opened.namespaces):
                 return opened
         raise ValueError(f"{kv!r} was not opened by this harness")
 

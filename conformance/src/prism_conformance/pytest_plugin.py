@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
+from prism_conformance import guard
 from prism_conformance import report as rpt
-from prism_conformance.keyvalue.base import SuiteBase
-from prism_conformance.keyvalue.suite import suite_test_names
+from prism_conformance.keyvalue.suite import KeyValueSuite
 from prism_conformance.marks import (
     NOT_APPLICABLE_KEY,
     NOT_APPLICABLE_PREFIX,
@@ -28,6 +28,8 @@ from prism_conformance.marks import (
     capability_of,
     opt_out_reason,
 )
+from prism_conformance.queue.suite import QueueSuite
+from prism_conformance.suite_base import ConformanceSuiteBase
 
 _recorder_key = pytest.StashKey["ConformanceRecorder"]()
 _REASON_LENGTH = 400
@@ -56,10 +58,24 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         config.pluginmanager.unregister(recorder)
 
 
+#: The suite class of each abstraction: what a suite of that abstraction must run.
+SUITES: dict[str, type[ConformanceSuiteBase]] = {"keyvalue": KeyValueSuite, "queue": QueueSuite}
+
+
+def suite_names(abstraction: str) -> tuple[str, ...]:
+    """Every test of the suite of ``abstraction`` (none for an unknown one)."""
+    suite = SUITES.get(abstraction)
+    return guard.suite_test_names(suite) if suite is not None else ()
+
+
 def _is_suite_test(item: pytest.Item) -> bool:
     cls = getattr(item, "cls", None)
     name = getattr(item, "originalname", item.name)
-    return isinstance(cls, type) and issubclass(cls, SuiteBase) and name in suite_test_names()
+    return (
+        isinstance(cls, type)
+        and issubclass(cls, ConformanceSuiteBase)
+        and name in suite_names(cls.abstraction)
+    )
 
 
 def _first_line(text: str) -> str:
@@ -92,7 +108,7 @@ class ConformanceRecorder:
         if not _is_suite_test(item):
             return
         function = getattr(item, "function", None)
-        cls: type[SuiteBase] = item.cls  # type: ignore[attr-defined]
+        cls: type[ConformanceSuiteBase] = item.cls  # type: ignore[attr-defined]
         props: list[tuple[str, object]] = [
             (rpt.PROP_SUITE_ID, item.parent.nodeid if item.parent is not None else cls.__qualname__),
             (rpt.PROP_SUITE, cls.__qualname__),
@@ -178,9 +194,8 @@ class ConformanceRecorder:
                 test.outcome, test.reason = "skipped", reason
 
     def finish(self) -> list[rpt.SuiteResult]:
-        names = suite_test_names()
         for suite in self.suites.values():
-            suite.expect(names)
+            suite.expect(suite_names(suite.abstraction))
         return list(self.suites.values())
 
     @pytest.hookimpl(trylast=True)

@@ -27,8 +27,10 @@ Maturity levels
 1. **core**: every core test passed (or is not applicable), and every
    undeclared capability is refused with ``Unsupported``.
 2. **declared**: level 1, and every test of every declared capability passed.
-3. **complete**: level 2, and the backend declares every KeyValue capability
-   the core cannot emulate (``kv.atomic_mutate`` and ``kv.scan``).
+3. **complete**: level 2, and the backend declares every capability of its
+   abstraction that the core cannot emulate: ``kv.atomic_mutate`` and
+   ``kv.scan`` for KeyValue, ``queue.ordered_by_key`` and ``queue.delay`` for
+   Queue.
 
 Only ``pass`` and ``not_applicable`` count as passing; an opted-out, skipped
 or missing test holds a level back, so a level is never reached by leaving a
@@ -66,8 +68,19 @@ PASSING: Final = frozenset({"pass", "not_applicable"})
 
 CORE: Final = "core"
 LEVEL_NAMES: Final = {0: "not conformant", 1: "core", 2: "declared", 3: "complete"}
-#: Capabilities the core cannot emulate: declaring them all is level 3.
+#: KeyValue capabilities the core cannot emulate: declaring them all is level 3.
 NOT_EMULATED: Final = (capabilities.KV_ATOMIC_MUTATE, capabilities.KV_SCAN)
+#: Per abstraction, the capabilities the core cannot emulate.
+NOT_EMULATED_BY_ABSTRACTION: Final[Mapping[str, tuple[str, ...]]] = {
+    "keyvalue": NOT_EMULATED,
+    "queue": (capabilities.QUEUE_ORDERED_BY_KEY, capabilities.QUEUE_DELAY),
+}
+
+
+def abstraction_capabilities(abstraction: str) -> list[str]:
+    """The capabilities a backend of ``abstraction`` may declare, sorted."""
+    return sorted(capabilities.BY_ABSTRACTION.get(abstraction, frozenset()))
+
 
 _SECRET_SETTING = re.compile(
     r"pass(word|wd)?|secret|token|credential|api_?key|access_?key|private", re.IGNORECASE
@@ -135,17 +148,19 @@ def maturity(suite: SuiteResult) -> Maturity:
     ]
     if declared_failures:
         return Maturity(1, LEVEL_NAMES[1], tuple(declared_failures))
-    missing = [f"does not declare {c}" for c in NOT_EMULATED if c not in declared]
+    not_emulated = NOT_EMULATED_BY_ABSTRACTION.get(suite.abstraction, ())
+    missing = [f"does not declare {c}" for c in not_emulated if c not in declared]
     if missing:
         return Maturity(2, LEVEL_NAMES[2], tuple(missing))
     return Maturity(3, LEVEL_NAMES[3], ())
 
 
 def capability_summary(suite: SuiteResult) -> dict[str, dict[str, Any]]:
-    """For each KeyValue capability: declared or not, and what the tests say."""
+    """For each capability of the suite's abstraction: declared or not, and
+    what the tests say."""
     declared = suite.declared or []
     summary: dict[str, dict[str, Any]] = {}
-    for capability in sorted(capabilities.KEYVALUE):
+    for capability in abstraction_capabilities(suite.abstraction):
         tests = [t for t in suite.tests.values() if t.category == capability]
         passing = sum(t.outcome in PASSING for t in tests)
         is_declared = capability in declared
@@ -239,18 +254,19 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "",
         "Maturity levels: 0 not conformant, 1 core (every core test passes, undeclared capabilities are "
         "refused), 2 declared (every declared capability's tests pass too), 3 complete (level 2 and "
-        "every capability the core cannot emulate is declared).",
+        "every capability of the abstraction that the core cannot emulate is declared: kv.atomic_mutate "
+        "and kv.scan for KeyValue, queue.ordered_by_key and queue.delay for Queue).",
         "",
         "## Summary",
         "",
-        "| backend | settings | maturity | pass | fail | n/a | opted out | skipped | not run |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| backend | abstraction | settings | maturity | pass | fail | n/a | opted out | skipped | not run |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for suite in suites:
         counts = suite["counts"]
         settings = ", ".join(f"{k}={v}" for k, v in suite["backend"].items() if k != "plugin") or "defaults"
         lines.append(
-            f"| {_escape(_backend_label(suite))} | {_escape(settings)} | "
+            f"| {_escape(_backend_label(suite))} | {suite['abstraction']} | {_escape(settings)} | "
             f"level {suite['maturity']['level']} ({suite['maturity']['name']}) | {counts['pass']} | "
             f"{counts['fail']} | {counts['not_applicable']} | {counts['opted_out']} | {counts['skipped']} | "
             f"{counts['not_run']} |"
@@ -258,8 +274,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     lines += ["", "## Capabilities", ""]
     lines.append("| capability | " + " | ".join(_escape(_backend_label(s)) for s in suites) + " |")
     lines.append("|---" * (len(suites) + 1) + "|")
-    for capability in sorted(capabilities.KEYVALUE):
-        cells = [_escape(s["capabilities"][capability]["status"]) for s in suites]
+    shown = sorted({capability for s in suites for capability in s["capabilities"]})
+    for capability in shown:
+        # A capability of another abstraction does not apply to a suite: an empty cell.
+        cells = [
+            _escape(s["capabilities"][capability]["status"]) if capability in s["capabilities"] else ""
+            for s in suites
+        ]
         lines.append(f"| {capability} | " + " | ".join(cells) + " |")
 
     lines += ["", "## Results (backend × test)", ""]
