@@ -18,17 +18,19 @@ from prism_sqlite import SqliteSettings
 def test_load_plugins_finds_sqlite_through_its_entry_point() -> None:
     plugins = load_plugins(disabled=())
     assert plugins.registry.keyvalue["sqlite"] is prism_sqlite.KEYVALUE
+    assert plugins.registry.queue["sqlite"] is prism_sqlite.QUEUE
     [loaded] = [p for p in plugins.loaded if p.name == "sqlite"]
     assert loaded.module == "prism_sqlite.plugin"
     assert loaded.distribution == "prism-plugin-sqlite"
-    assert loaded.abstractions == ("keyvalue",)
-    assert set(loaded.capabilities) == {"kv.atomic_mutate", "kv.scan"}
+    assert loaded.abstractions == ("keyvalue", "queue")
+    assert set(loaded.capabilities) == {"kv.atomic_mutate", "kv.scan", "queue.delay", "queue.ordered_by_key"}
     assert not [b for b in plugins.broken if b.name == "sqlite"]
 
 
 def test_sqlite_can_be_blocked() -> None:
     plugins = load_plugins(disabled={"sqlite"})
     assert "sqlite" not in plugins.registry.keyvalue
+    assert "sqlite" not in plugins.registry.queue
     assert "sqlite" in plugins.disabled
 
 
@@ -44,6 +46,7 @@ def test_settings_are_read_from_prism_yaml(tmp_path: Path) -> None:
                     "busy_timeout": "250ms",
                     "max_item_bytes": "512KiB",
                     "max_value_bytes": "64MiB",
+                    "max_message_bytes": "4MiB",
                 }
             }
         },
@@ -56,6 +59,7 @@ def test_settings_are_read_from_prism_yaml(tmp_path: Path) -> None:
         busy_timeout=timedelta(milliseconds=250),
         max_item_bytes=512 * 1024,  # type: ignore[arg-type]
         max_value_bytes=64 * 1024 * 1024,  # type: ignore[arg-type]
+        max_message_bytes=4 * 1024 * 1024,  # type: ignore[arg-type]
     )
 
 
@@ -68,6 +72,7 @@ def test_defaults() -> None:
     assert settings.synchronous == "full"
     assert settings.busy_timeout == timedelta(seconds=5)
     assert (settings.max_item_bytes, settings.max_value_bytes) == (1024 * 1024, 256 * 1024 * 1024)
+    assert settings.max_message_bytes == 16 * 1024 * 1024
 
 
 @pytest.mark.parametrize(
@@ -79,6 +84,7 @@ def test_defaults() -> None:
         ({"max_item_bytes": 0}, "max_item_bytes"),
         ({"max_item_bytes": "2MiB", "max_value_bytes": "1MiB"}, "max_value_bytes"),
         ({"path": ""}, "path"),
+        ({"max_message_bytes": 0}, "max_message_bytes"),
     ],
 )
 def test_invalid_settings_are_reported_with_their_path(settings: dict[str, object], problem: str) -> None:

@@ -1,0 +1,17 @@
+"""The Queue conformance suite against the sqlite backend, through the public API."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prism_conformance import QueueSuite
+
+
+class TestSqliteQueue(QueueSuite):
+    @pytest.fixture
+    def prism_backend(self, tmp_path: Path) -> Mapping[str, Any]:
+        return {"plugin": "sqlite", "path": tmp_path / "q.db"}
