@@ -16,10 +16,11 @@ from prism_redis import RedisSettings
 def test_load_plugins_finds_redis_through_its_entry_point() -> None:
     plugins = load_plugins(disabled=())
     assert plugins.registry.keyvalue["redis"] is prism_redis.KEYVALUE
+    assert plugins.registry.queue["redis"] is prism_redis.QUEUE
     [loaded] = [p for p in plugins.loaded if p.name == "redis"]
     assert loaded.module == "prism_redis.plugin"
     assert loaded.distribution == "prism-plugin-redis"
-    assert loaded.abstractions == ("keyvalue",)
+    assert loaded.abstractions == ("keyvalue", "queue")
     assert set(loaded.capabilities) == {"kv.atomic_mutate", "kv.scan"}
     assert not [b for b in plugins.broken if b.name == "redis"]
 
@@ -27,6 +28,7 @@ def test_load_plugins_finds_redis_through_its_entry_point() -> None:
 def test_redis_can_be_blocked() -> None:
     plugins = load_plugins(disabled={"redis"})
     assert "redis" not in plugins.registry.keyvalue
+    assert "redis" not in plugins.registry.queue
     assert "redis" in plugins.disabled
 
 
@@ -47,6 +49,7 @@ def test_settings_are_read_from_prism_yaml() -> None:
                     "durable": True,
                     "max_item_bytes": "512KiB",
                     "max_value_bytes": "16MiB",
+                    "max_message_bytes": "4MiB",
                 }
             }
         },
@@ -63,6 +66,7 @@ def test_settings_are_read_from_prism_yaml() -> None:
         durable=True,
         max_item_bytes=512 * 1024,  # type: ignore[arg-type]
         max_value_bytes=16 * 1024 * 1024,  # type: ignore[arg-type]
+        max_message_bytes=4 * 1024 * 1024,  # type: ignore[arg-type]
     )
 
 
@@ -78,6 +82,13 @@ def test_defaults_and_traits() -> None:
     traits = prism_redis.KEYVALUE.traits(settings)
     assert (traits.durability, traits.consistency) == ("ephemeral", "strong")
     assert prism_redis.KEYVALUE.traits(RedisSettings(durable=True)).durability == "durable"
+    queue = prism_redis.QUEUE.traits(settings)
+    # Room above the core's default namespace limit (1 MiB) for dead-letter headers.
+    assert (queue.durability, queue.max_message_bytes) == ("ephemeral", 16 * 1024 * 1024)
+    assert prism_redis.QUEUE.traits(RedisSettings(durable=True)).durability == "durable"
+    assert prism_redis.QUEUE.settings_type is prism_redis.KEYVALUE.settings_type
+    # Streams cannot honour per-key order or delays: neither is declared.
+    assert prism_redis.QUEUE.capabilities == frozenset()
 
 
 @pytest.mark.parametrize(
@@ -92,6 +103,8 @@ def test_defaults_and_traits() -> None:
         ({"max_item_bytes": 0}, "max_item_bytes"),
         ({"max_item_bytes": "2MiB", "max_value_bytes": "1MiB"}, "max_value_bytes"),
         ({"max_item_bytes": "1GiB", "max_value_bytes": "2GiB"}, "512 MB"),
+        ({"max_message_bytes": 0}, "max_message_bytes"),
+        ({"max_message_bytes": "1GiB"}, "512 MB"),
     ],
 )
 def test_invalid_settings_are_reported_with_their_path(settings: dict[str, object], problem: str) -> None:

@@ -1,4 +1,4 @@
-"""Prism's Redis backend: KeyValue on a Redis server.
+"""Prism's Redis backend: KeyValue and Queue (on Redis Streams) on a Redis server.
 
 Install the distribution and name ``plugin: redis`` under ``backends:`` in
 ``prism.yaml``; :mod:`prism_redis.plugin` registers it through the
@@ -8,5 +8,6 @@ Install the distribution and name ``plugin: redis`` under ``backends:`` in
 from __future__ import annotations
 
 from prism_redis.keyvalue import KEYVALUE, RedisKeyValue, RedisSettings
+from prism_redis.queue import QUEUE, RedisQueue
 
-__all__ = ["KEYVALUE", "RedisKeyValue", "RedisSettings"]
+__all__ = ["KEYVALUE", "QUEUE", "RedisKeyValue", "RedisQueue", "RedisSettings"]

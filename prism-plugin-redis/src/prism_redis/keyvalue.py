@@ -29,7 +29,6 @@ the last of them (``PEXPIREAT`` on its three keys).
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from collections.abc import Awaitable, Sequence
 from datetime import timedelta
@@ -38,16 +37,13 @@ from urllib.parse import urlsplit
 
 import attrs
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError, ResponseError
 
 from prism import capabilities
 from prism.errors import BackendError
-from prism.log import get_logger
 from prism.spi import KeyValueBackendType, KeyValueTraits, ReadQuery, StoredItem, Version
 from prism.units import ByteSize
+from prism_redis.connection import RedisServer, safe_address
 
 _T = TypeVar("_T")
 
@@ -59,8 +55,6 @@ REDIS_MAX_STRING = 512 * MiB
 #: Rows per ``HMGET`` inside the range-read script; Lua's ``unpack`` overflows
 #: the C stack (about 8000 slots) on much longer lists.
 _HMGET_BATCH = 1000
-
-_log = get_logger(__name__)
 
 # -- row encoding -------------------------------------------------------------------
 #
@@ -311,7 +305,7 @@ def _redis_url(_: Any, attribute: attrs.Attribute[str], value: str) -> None:
     scheme = urlsplit(value).scheme
     if scheme not in {"redis", "rediss", "unix"}:
         raise ValueError(
-            f"{attribute.name}: expected a redis://, rediss:// or unix:// URL, got {_safe_address(value)!r}"
+            f"{attribute.name}: expected a redis://, rediss:// or unix:// URL, got {safe_address(value)!r}"
         )
 
 
@@ -350,33 +344,28 @@ class RedisSettings:
         default=ByteSize(64 * MiB), validator=attrs.validators.gt(ByteSize(0))
     )
     """The largest value, chunks included, a namespace on this backend may hold."""
+    max_message_bytes: ByteSize = attrs.field(
+        default=ByteSize(16 * MiB), validator=attrs.validators.gt(ByteSize(0))
+    )
+    """Queue: the largest message (key, payload and headers) a topic accepts. The
+    default leaves room above a namespace's default limit of 1 MiB for the
+    headers the core adds to a dead letter."""
 
     def __attrs_post_init__(self) -> None:
         if self.max_item_bytes > REDIS_MAX_STRING - 1024:
             raise ValueError(
                 f"max_item_bytes ({self.max_item_bytes}) must leave room under Redis's 512 MB string limit"
             )
+        if self.max_message_bytes > REDIS_MAX_STRING - 1024:
+            raise ValueError(
+                f"max_message_bytes ({self.max_message_bytes}) must leave room under Redis's 512 MB "
+                "string limit"
+            )
         if self.max_value_bytes < self.max_item_bytes:
             raise ValueError(
                 f"max_value_bytes ({self.max_value_bytes}) must be at least max_item_bytes "
                 f"({self.max_item_bytes})"
             )
-
-
-def _text(value: object) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _safe_address(url: str) -> str:
-    """``url`` without credentials, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return f"unix://{parts.path}"
-    host = parts.hostname or "localhost"
-    if ":" in host:
-        host = f"[{host}]"
-    port = parts.port or 6379
-    return f"{parts.scheme}://{host}:{port}{parts.path or ''}"
 
 
 # -- the backend --------------------------------------------------------------------
@@ -389,8 +378,8 @@ class RedisKeyValue:
     def __init__(self, name: str, settings: RedisSettings) -> None:
         self.name = name
         self.settings = settings
-        self.address = _safe_address(settings.url)
-        self._client: aioredis.Redis | None = None
+        self._server = RedisServer(name, settings)
+        self.address = self._server.address
         self._grace_ms = str(settings.expiry_grace // timedelta(milliseconds=1))
         self._write_script: AsyncScript | None = None
         self._remove_script: AsyncScript | None = None
@@ -400,25 +389,17 @@ class RedisKeyValue:
     # -- plumbing ---------------------------------------------------------------------
 
     def _error(self, doing: str, exc: BaseException) -> BackendError:
-        cause = str(exc) or type(exc).__name__
-        return BackendError(
-            f"redis backend {self.name!r} at {self.address}: {doing} failed: {type(exc).__name__}: {cause}"
-        )
+        return self._server.error(doing, exc)
 
     async def _call(self, doing: str, call: Awaitable[_T]) -> _T:
-        try:
-            return await call
-        except (TimeoutError, RedisError, OSError) as exc:
-            raise self._error(doing, exc) from exc
+        return await self._server.call(doing, call)
 
     def _redis(self) -> aioredis.Redis:
-        if self._client is None:
-            raise BackendError(f"redis backend {self.name!r} at {self.address} is not started, or closed")
-        return self._client
+        return self._server.client
 
     def _script(self, script: AsyncScript | None) -> AsyncScript:
         if script is None:
-            raise BackendError(f"redis backend {self.name!r} at {self.address} is not started, or closed")
+            raise self._server.not_started()
         return script
 
     def _base(self, namespace: str) -> bytes:
@@ -444,83 +425,17 @@ class RedisKeyValue:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        connect = self.settings.connect_timeout.total_seconds()
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self.settings.url,
-            max_connections=self.settings.max_connections,
-            timeout=connect,
-            socket_connect_timeout=connect,
-            socket_timeout=self.settings.socket_timeout.total_seconds(),
-            # Bounded: a dead server fails within (retries + 1) connect timeouts.
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), self.settings.retries),
-            decode_responses=False,
-        )
-        client = aioredis.Redis(connection_pool=pool)
-        try:
-            # Whatever the timeouts say, connecting must end: wait_for bounds it
-            # even where the socket timeouts do not apply (TLS handshakes, DNS).
-            bound = (connect + self.settings.socket_timeout.total_seconds()) * (self.settings.retries + 1) + 1
-            await asyncio.wait_for(self._call("connecting (PING)", client.ping()), bound)
-            await asyncio.wait_for(self._check_server(client), bound)
-        except TimeoutError as exc:
-            await client.aclose(close_connection_pool=True)
-            raise self._error("connecting (PING)", exc) from exc
-        except BaseException:
-            await client.aclose(close_connection_pool=True)
-            raise
-        self._client = client
+        client = await self._server.open()
         self._write_script = client.register_script(_WRITE)
         self._remove_script = client.register_script(_REMOVE)
         self._read_script = client.register_script(_READ_RANGE)
         self._forget_script = client.register_script(_FORGET)
 
-    async def _server_config(self, client: aioredis.Redis, pattern: str) -> dict[str, str] | None:
-        """``CONFIG GET pattern``, or None where CONFIG is renamed or forbidden
-        (often on managed servers)."""
-        try:
-            config = await client.config_get(pattern)
-        except ResponseError as exc:
-            _log.warning("redis_config_unreadable", backend=self.name, address=self.address, error=str(exc))
-            return None
-        except (TimeoutError, RedisError, OSError) as exc:
-            raise self._error("reading the server configuration", exc) from exc
-        return {_text(k): _text(v) for k, v in config.items()}
-
-    async def _check_server(self, client: aioredis.Redis) -> None:
-        memory = await self._server_config(client, "maxmemory*")
-        if memory is not None and memory.get("maxmemory", "0") != "0":
-            policy = memory.get("maxmemory-policy")
-            if policy != "noeviction":
-                # Evicting a record (or a tombstone) loses acknowledged writes
-                # or lets an older write come back; Prism cannot see it happen.
-                _log.warning(
-                    "redis_eviction_enabled",
-                    backend=self.name,
-                    address=self.address,
-                    maxmemory_policy=policy,
-                    advice="set maxmemory-policy noeviction on a server that holds Prism data",
-                )
-        if not self.settings.durable:
-            return
-        append = await self._server_config(client, "append*")
-        if append is None:
-            # The operator's word (durable: true) has to stand.
-            return
-        if append.get("appendonly") != "yes" or append.get("appendfsync") != "always":
-            raise BackendError(
-                f"redis backend {self.name!r} at {self.address}: durable is set, but the server runs "
-                f"appendonly={append.get('appendonly')!r} appendfsync={append.get('appendfsync')!r}; "
-                f"a write is durable only with appendonly yes and appendfsync always. Fix the server "
-                f"configuration or remove `durable: true`."
-            )
-
     async def close(self) -> None:
-        client, self._client = self._client, None
         # The scripts are bound to the client: drop them too, so a call after
         # close is refused instead of quietly opening a new connection.
         self._write_script = self._remove_script = self._read_script = self._forget_script = None
-        if client is not None:
-            await client.aclose(close_connection_pool=True)
+        await self._server.close()
 
     # -- the SPI -------------------------------------------------------------------------
 
@@ -658,6 +573,16 @@ class RedisKeyValue:
         await self._call(f"delete of chunks for {namespace}/{record_id}", self._redis().delete(name))
 
 
+def durability_note(settings: RedisSettings) -> str:
+    """Why this backend is or is not durable, for plans that refuse it."""
+    if settings.durable:
+        return "durable: true, verified at start: appendonly yes with appendfsync always"
+    return (
+        "Redis acknowledges writes before they reach disk; run the server with appendonly yes and "
+        "appendfsync always, then set durable: true on this backend"
+    )
+
+
 def _traits(settings: RedisSettings) -> KeyValueTraits:
     return KeyValueTraits(
         # Redis acknowledges a write before it reaches disk unless the server
@@ -667,6 +592,7 @@ def _traits(settings: RedisSettings) -> KeyValueTraits:
         consistency="strong",
         max_item_bytes=settings.max_item_bytes,
         max_value_bytes=settings.max_value_bytes,
+        durability_note=durability_note(settings),
     )
 
 

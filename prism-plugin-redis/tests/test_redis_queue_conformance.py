@@ -1,0 +1,21 @@
+"""The Queue conformance suite against the redis backend, through the public API.
+
+Needs a Redis server: ``PRISM_TEST_REDIS_URL`` or ``nox -s services -- up``.
+Every test writes under its own key prefix (the ``redis_prefix`` fixture), whose
+keys are deleted afterwards; the server is never flushed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+
+from prism_conformance import QueueSuite
+
+
+class TestRedisQueue(QueueSuite):
+    @pytest.fixture
+    def prism_backend(self, redis_url: str, redis_prefix: str) -> Mapping[str, Any]:
+        return {"plugin": "redis", "url": redis_url, "key_prefix": redis_prefix}
