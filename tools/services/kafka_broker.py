@@ -35,9 +35,8 @@ class KafkaService(Service):
     port = 19092
     marker = "kafka.Kafka"
     start_deadline = 120.0
-    # The Kafka plugin comes with the Queue issue. Until then a `kafka` backend in prism.yaml would
-    # make Prism reject the whole file ("no installed plugin is named 'kafka'").
-    has_plugin = False
+    # prism-plugin-kafka provides the `kafka` Queue backend; backend() below uses its settings.
+    has_plugin = True
     stop_deadline = 60.0
 
     def __init__(self) -> None:
