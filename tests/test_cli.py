@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,71 @@ def test_plugins_lists_builtin_and_sqlite(capsys: pytest.CaptureFixture[str]) ->
     assert "prism-core" in rows["memory"]
     assert "prism-plugin-sqlite" in rows["sqlite"]
     assert "kv.scan" in rows["sqlite"]
+
+
+def test_queue_publish_consume_ack_on_embedded_default(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = run(capsys, "queue", "publish", "jobs", "emails", "first", "second", "--header", "h=v")
+    assert status == 0, err
+    ids = out.splitlines()
+    assert len(ids) == 2
+    assert "published 2 message(s) to jobs/emails" in err
+
+    # Without --ack the deliveries stay leased, and the user is told how to ack.
+    status, out, err = run(capsys, "queue", "consume", "jobs", "emails", "workers", "--max", "10")
+    assert status == 0, err
+    assert out.splitlines() == [f"{ids[0]}\t1\t\tfirst", f"{ids[1]}\t1\t\tsecond"]
+    assert "prism queue ack jobs emails workers ID..." in err
+    # Leased: another consume of the same group gets nothing.
+    _, out, err = run(capsys, "queue", "consume", "jobs", "emails", "workers")
+    assert out == ""
+    assert "no messages for group 'workers'" in err
+    assert run(capsys, "queue", "ack", "jobs", "emails", "workers", *ids)[0] == 0
+    assert run(capsys, "queue", "ack", "jobs", "emails", "workers", *ids)[0] == 0, "acking twice is fine"
+
+    # Another group sees every message; --ack --json acknowledges what it printed.
+    status, out, err = run(capsys, "queue", "consume", "--json", "jobs", "emails", "audit", "--ack")
+    assert status == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert [(r["id"], r["payload"], r["attempt"], r["headers"]) for r in records] == [
+        (ids[0], "first", 1, {"h": "v"}),
+        (ids[1], "second", 1, {"h": "v"}),
+    ]
+    assert "consumed and acknowledged 2 message(s)" in err
+    _, out, _ = run(capsys, "queue", "consume", "jobs", "emails", "audit", "--wait", "0.2s")
+    assert out == ""
+
+
+def test_queue_nack_and_dead_letter(capsys: pytest.CaptureFixture[str]) -> None:
+    (message_id,) = run(capsys, "queue", "publish", "jobs", "t", "poison")[1].splitlines()
+    _, out, _ = run(capsys, "queue", "consume", "jobs", "t", "g")
+    assert out.startswith(f"{message_id}\t1\t")
+    assert run(capsys, "queue", "nack", "jobs", "t", "g", message_id)[0] == 0
+    _, out, _ = run(capsys, "queue", "consume", "jobs", "t", "g")
+    assert out.startswith(f"{message_id}\t2\t"), "a requeued message comes back with attempt 2"
+    status, _, err = run(capsys, "queue", "nack", "--dead-letter", "jobs", "t", "g", message_id)
+    assert status == 0
+    assert "moved to t.dlq" in err
+    _, out, _ = run(capsys, "queue", "consume", "--json", "jobs", "t.dlq", "ops", "--ack")
+    (record,) = [json.loads(line) for line in out.splitlines()]
+    assert record["payload"] == "poison"
+    assert record["headers"]["prism-dead-letter-reason"] == "nack"
+
+
+def test_queue_errors_are_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run(capsys, "queue", "publish", "jobs", "t")
+    assert status == 2
+    assert "nothing to publish" in err
+    status, _, err = run(capsys, "queue", "ack", "jobs", "t", "g", "no-such-id")
+    assert status == 1
+    assert "unknown delivery ids 'no-such-id'" in err
+    status, _, err = run(capsys, "queue", "publish", "jobs", "bad topic!", "x")
+    assert status == 1
+    assert "topic name 'bad topic!' is invalid" in err
+    status, _, err = run(capsys, "queue", "consume", "jobs", "t", "g", "--follow")
+    assert status == 2
+    assert "--follow needs --ack" in err
+    status, _, err = run(capsys, "queue", "publish", "jobs", "t", "x", "--header", "novalue")
+    assert status == 2
+    assert "NAME=VALUE" in err
+    for line in err.splitlines():
+        assert "Traceback" not in line

@@ -9,6 +9,7 @@ import argparse
 import base64
 import binascii
 import importlib
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -21,10 +22,10 @@ from prism.client import open as open_prism
 from prism.config import Config, resolve_config
 from prism.errors import ConfigError, PrismError
 from prism.logging_setup import configure_logging
-from prism.models import AllItems, Item, KeyRange, Keys, Predicate
+from prism.models import AllItems, Delivery, Item, KeyRange, Keys, Message, Predicate
 from prism.planner import plan
 from prism.plugins.manager import PluginSet, load_plugins
-from prism.units import parse_duration
+from prism.units import format_duration, parse_duration
 
 CONFIG_ENV = "PRISM_CONFIG"
 
@@ -241,6 +242,141 @@ def cmd_kv_scan(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- prism queue ---------------------------------------------------------------------------
+
+
+def _header(text: str, encoding: str) -> tuple[str, bytes]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise CliError(f"--header {text!r} must look like NAME=VALUE")
+    return name, _decode(value, encoding, f"header {name!r} value")
+
+
+def _delay(text: str | None) -> timedelta | None:
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise CliError(f"--delay: {exc}") from None
+
+
+def cmd_queue_publish(args: argparse.Namespace) -> int:
+    payloads = list(args.payloads)
+    if args.stdin:
+        if payloads:
+            raise CliError("give PAYLOADs or --stdin, not both")
+        payloads = [line.rstrip("\r\n") for line in sys.stdin]
+    if not payloads:
+        raise CliError("nothing to publish: give one or more PAYLOADs, or --stdin with one payload per line")
+    key = _decode(args.key, args.encoding, "--key")
+    headers = dict(_header(h, args.encoding) for h in args.header)
+    delay = _delay(args.delay)
+    messages = [
+        Message(key, _decode(p, args.encoding, "payload"), headers, deliver_after=delay) for p in payloads
+    ]
+    with _open_kv(args) as db:
+        queue = db.queue(args.namespace)
+        ids: list[str] = []
+        batch = queue.limits.max_batch
+        for start in range(0, len(messages), batch):
+            ids += queue.publish(args.topic, messages[start : start + batch])
+        for message_id in ids:
+            print(message_id)
+        print(
+            f"# published {len(ids)} message(s) to {args.namespace}/{args.topic} on backend {queue.backend_name}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _print_delivery(delivery: Delivery, args: argparse.Namespace) -> None:
+    if args.json:
+        record = {
+            "id": delivery.id,
+            "topic": delivery.topic,
+            "group": delivery.group,
+            "attempt": delivery.attempt,
+            "published_at": delivery.published_at.isoformat(),
+            "key": _encode(delivery.key, args.encoding),
+            "payload": _encode(delivery.payload, args.encoding),
+            "headers": {name: _encode(value, args.encoding) for name, value in delivery.headers.items()},
+        }
+        print(json.dumps(record, sort_keys=True), flush=True)
+        return
+    key = _encode(delivery.key, args.encoding)
+    print(f"{delivery.id}\t{delivery.attempt}\t{key}\t{_encode(delivery.payload, args.encoding)}", flush=True)
+
+
+def _wait(args: argparse.Namespace) -> float:
+    try:
+        return parse_duration(args.wait).total_seconds()
+    except ValueError as exc:
+        raise CliError(f"--wait: {exc}") from None
+
+
+def cmd_queue_consume(args: argparse.Namespace) -> int:
+    wait = _wait(args)
+    if args.follow and not args.ack:
+        raise CliError(
+            "--follow needs --ack: a follower that never acks would hold every message until "
+            "the visibility timeout and then receive it again"
+        )
+    with _open_kv(args) as db:
+        queue = db.queue(args.namespace)
+        if not args.ack:
+            # Without --ack the deliveries stay leased to this call for the
+            # visibility timeout, so `prism queue ack` can acknowledge them.
+            deliveries = queue.consume(args.topic, args.group, args.max, wait)
+            for delivery in deliveries:
+                _print_delivery(delivery, args)
+            if deliveries:
+                print(
+                    f"# {len(deliveries)} delivery(ies), not acknowledged: run `prism queue ack "
+                    f"{args.namespace} {args.topic} {args.group} ID...` within the visibility timeout "
+                    f"({format_duration(queue.limits.visibility_timeout)}) or they are delivered again",
+                    file=sys.stderr,
+                )
+            else:
+                print(
+                    f"# no messages for group {args.group!r} on {args.namespace}/{args.topic}",
+                    file=sys.stderr,
+                )
+            return 0
+        # With --ack: a consumer handle, so whatever was received but not yet
+        # acked when this process stops (Ctrl-C) is delivered again at once.
+        total = 0
+        with queue.consumer(args.topic, args.group) as consumer:
+            while True:
+                want = args.max if args.follow else args.max - total
+                deliveries = consumer.consume(want, wait)
+                for delivery in deliveries:
+                    _print_delivery(delivery, args)
+                consumer.ack(deliveries)
+                total += len(deliveries)
+                if not args.follow and (not deliveries or total >= args.max):
+                    break
+        print(f"# consumed and acknowledged {total} message(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_queue_ack(args: argparse.Namespace) -> int:
+    with _open_kv(args) as db:
+        queue = db.queue(args.namespace)
+        if args.command_name == "ack":
+            queue.ack(args.topic, args.group, args.ids)
+            print(f"acknowledged {len(args.ids)} message(s) for group {args.group!r}", file=sys.stderr)
+        else:
+            queue.nack(args.topic, args.group, args.ids, requeue=not args.dead_letter)
+            where = (
+                f"moved to {queue.dead_letter_topic(args.topic)}"
+                if args.dead_letter
+                else "to be delivered again"
+            )
+            print(f"gave back {len(args.ids)} message(s) for group {args.group!r}: {where}", file=sys.stderr)
+    return 0
+
+
 # -- argument parsing ------------------------------------------------------------------------
 
 
@@ -271,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-dir", default="conformance-report", metavar="DIR")
     p.add_argument("backend", metavar="BACKEND", help="a backend named in the config, or a plugin name")
     p.set_defaults(func=cmd_conformance)
+
 
     kv = sub.add_parser("kv", help="KeyValue operations").add_subparsers(dest="kv_command", required=True)
 
@@ -312,6 +449,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--page-token", help="continue from a previous page")
     p.add_argument("--all-pages", action="store_true", help="follow page tokens to the end")
     p.set_defaults(func=cmd_kv_scan)
+
+    queue = sub.add_parser("queue", help="Queue operations").add_subparsers(
+        dest="queue_command", required=True
+    )
+
+    def queue_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        cmd = queue.add_parser(name, help=help_text)
+        _add_config(cmd)
+        cmd.add_argument(
+            "--encoding",
+            choices=["utf8", "hex", "base64"],
+            default="utf8",
+            help="how keys, payloads and header values are written and printed (default utf8)",
+        )
+        cmd.add_argument("namespace", metavar="NAMESPACE")
+        cmd.add_argument("topic", metavar="TOPIC")
+        return cmd
+
+    p = queue_command("publish", "publish messages: prism queue publish NS TOPIC PAYLOAD [PAYLOAD ...]")
+    p.add_argument("payloads", nargs="*", metavar="PAYLOAD")
+    p.add_argument("--stdin", action="store_true", help="read payloads from standard input, one per line")
+    p.add_argument("--key", default="", help="the messages' key (same-key messages keep their order)")
+    p.add_argument("--header", action="append", default=[], metavar="NAME=VALUE", help="add a header")
+    p.add_argument("--delay", help="deliver no sooner than this, e.g. 30s (needs queue.delay)")
+    p.set_defaults(func=cmd_queue_publish)
+
+    p = queue_command("consume", "receive messages for a consumer group and print them")
+    p.add_argument("group", metavar="GROUP")
+    p.add_argument("--max", type=int, default=10, help="messages to receive (per round with --follow)")
+    p.add_argument("--wait", default="0s", help="how long to wait for the first message, e.g. 5s")
+    p.add_argument("--ack", action="store_true", help="acknowledge what was printed")
+    p.add_argument("--follow", action="store_true", help="keep consuming until interrupted (needs --ack)")
+    p.add_argument("--json", action="store_true", help="print one JSON object per delivery")
+    p.set_defaults(func=cmd_queue_consume)
+
+    for name, help_text in (
+        ("ack", "acknowledge deliveries: prism queue ack NS TOPIC GROUP ID [ID ...]"),
+        ("nack", "give deliveries back to be delivered again (or --dead-letter them)"),
+    ):
+        p = queue_command(name, help_text)
+        p.add_argument("group", metavar="GROUP")
+        p.add_argument("ids", nargs="+", metavar="ID")
+        if name == "nack":
+            p.add_argument("--dead-letter", action="store_true", help="move them to the dead-letter topic")
+        p.set_defaults(func=cmd_queue_ack, command_name=name)
     return parser
 
 

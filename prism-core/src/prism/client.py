@@ -24,7 +24,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from prism.config import Config, resolve_config
+from prism.config import Config, QueueLimits, resolve_config
 from prism.keyvalue.namespace import AsyncKeyValue
 from prism.models import (
     Delivery,
@@ -246,6 +246,11 @@ class Queue(_SyncNamespace[AsyncQueue]):
     def max_message_bytes(self) -> int:
         """The largest message (key, payload and headers) this namespace accepts."""
         return self._inner.max_message_bytes
+
+    @property
+    def limits(self) -> QueueLimits:
+        """The namespace's ``queue:`` settings: batch size, visibility timeout, ..."""
+        return self._inner.limits
 
     def dead_letter_topic(self, topic: str) -> str:
         return self._inner.dead_letter_topic(topic)
