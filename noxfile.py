@@ -136,7 +136,7 @@ def protos_check(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def demo(session: nox.Session) -> None:
-    """Put, get and scan on the embedded SQLite default (data in ./prism-data/)."""
+    """Put, get, scan, publish and consume on the embedded SQLite default (data in ./prism-data/)."""
     _install_members(session)
     prism = ["prism", "--log-level", "warning"]
     session.log("Plugins installed:")
@@ -150,6 +150,10 @@ def demo(session: nox.Session) -> None:
     session.run(*prism, "kv", "get", "demo", "user:2", "name")
     session.log("Scanning the namespace:")
     session.run(*prism, "kv", "scan", "demo")
+    session.log("Publishing two messages to topic 'signups' of queue namespace 'events':")
+    session.run(*prism, "queue", "publish", "events", "signups", "ada", "grace", "--header", "source=demo")
+    session.log("Consuming them as group 'welcome-mails', acknowledging what was printed:")
+    session.run(*prism, "queue", "consume", "events", "signups", "welcome-mails", "--ack", "--wait", "1s")
     session.log("The same from Python:")
     session.run("python", str(ROOT / "examples" / "embedded.py"))
 
