@@ -51,6 +51,7 @@ from prism.models import (
     RecordsPage,
 )
 from prism.queue.namespace import AsyncConsumer, AsyncQueue
+from prism.remote import connect, connect_async
 
 __all__ = [
     "AllItems",
@@ -82,6 +83,8 @@ __all__ = [
     "RecordsPage",
     "Unsupported",
     "WrongAbstraction",
+    "connect",
+    "connect_async",
     "open",
     "open_async",
 ]

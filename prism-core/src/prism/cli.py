@@ -21,6 +21,7 @@ from prism.client import Prism
 from prism.client import open as open_prism
 from prism.config import Config, resolve_config
 from prism.errors import ConfigError, PrismError
+from prism.gateway.command import add_serve_parser
 from prism.logging_setup import configure_logging
 from prism.models import AllItems, Delivery, Item, KeyRange, Keys, Message, Predicate
 from prism.planner import plan
@@ -408,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("backend", metavar="BACKEND", help="a backend named in the config, or a plugin name")
     p.set_defaults(func=cmd_conformance)
 
+    add_serve_parser(sub)
 
     kv = sub.add_parser("kv", help="KeyValue operations").add_subparsers(dest="kv_command", required=True)
 

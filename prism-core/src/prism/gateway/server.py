@@ -1,0 +1,171 @@
+"""The gateway server: prism.v1 services, health checking, reflection, drain.
+
+:class:`Gateway` owns a ``grpc.aio`` server bound to one address and serves one
+:class:`prism.AsyncPrism`. :func:`run_gateway` is what ``prism serve`` runs: it
+opens Prism, serves until SIGTERM or SIGINT, drains, and closes Prism.
+
+Drain, in order, so that no caller loses work:
+
+1. health goes NOT_SERVING (overall and per service), so load balancers and
+   ``grpc-health-probe`` stop sending new work here;
+2. Subscribe streams end with UNAVAILABLE; each closes its consumer, so what it
+   held comes back to its group at once instead of after the visibility timeout;
+3. the server stops accepting calls and gives those in flight up to the grace
+   period to finish (grpc then cancels the rest);
+4. the runtime closes the backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Sequence
+
+import grpc
+
+# grpcio-health-checking ships no type stubs. _async holds its grpc.aio servicer.
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-untyped]
+from grpc_health.v1._async import HealthServicer  # type: ignore[import-untyped]
+
+from prism.client import AsyncPrism, ConfigSource
+from prism.gateway import DEFAULT_GRACE_S, DEFAULT_LISTEN
+from prism.gateway.services import AdminService, Calls, KeyValueService, QueueService
+from prism.gateway.subscriptions import Subscriptions
+from prism.log import get_logger
+from prism.v1 import admin_pb2, admin_pb2_grpc, keyvalue_pb2, keyvalue_pb2_grpc, queue_pb2, queue_pb2_grpc
+
+log = get_logger(__name__)
+
+
+#: The full names of the services the gateway implements, as health checking
+#: and reflection name them.
+SERVICE_NAMES: tuple[str, ...] = (
+    keyvalue_pb2.DESCRIPTOR.services_by_name["KeyValueService"].full_name,
+    queue_pb2.DESCRIPTOR.services_by_name["QueueService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+)
+HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+def _enable_reflection(service_names: Sequence[str], server: grpc.aio.Server) -> None:
+    # grpcio-reflection ships no type stubs.
+    from grpc_reflection.v1alpha import reflection  # type: ignore[import-untyped]
+
+    reflection.enable_server_reflection((*service_names, reflection.SERVICE_NAME), server)
+
+
+class Gateway:
+    """A prism.v1 gRPC server for one open Prism.
+
+    ``start()`` binds and serves; ``port`` is the bound port (useful with
+    ``listen="127.0.0.1:0"``); ``stop()`` drains as described in the module
+    docstring. The Prism handle is the caller's to close. ``interceptors`` wrap
+    every call (where auth and metrics will plug in).
+    """
+
+    def __init__(
+        self,
+        db: AsyncPrism,
+        *,
+        listen: str = DEFAULT_LISTEN,
+        grace_s: float = DEFAULT_GRACE_S,
+        interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    ) -> None:
+        self.db = db
+        self.listen = listen
+        self.grace_s = grace_s
+        self.port: int | None = None
+        self.subscriptions = Subscriptions()
+        self.health = HealthServicer()
+        # No SO_REUSEPORT: grpc enables it by default on Linux, so a second
+        # gateway on a busy port would start "fine" and share its traffic with
+        # a stale one. Refusing the port is the clear error.
+        self._server = grpc.aio.server(interceptors=list(interceptors), options=[("grpc.so_reuseport", 0)])
+        calls = Calls()
+        keyvalue_pb2_grpc.add_KeyValueServiceServicer_to_server(KeyValueService(db, calls), self._server)
+        queue_pb2_grpc.add_QueueServiceServicer_to_server(
+            QueueService(db, calls, self.subscriptions), self._server
+        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(db, calls), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        _enable_reflection((*SERVICE_NAMES, HEALTH_SERVICE_NAME), self._server)
+        self._stopped = False
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as bound (the real port when 0 was asked for)."""
+        host = self.listen.rpartition(":")[0]
+        return f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind and start serving.
+
+        :raises OSError: the address cannot be bound (in use, or not local).
+        """
+        try:
+            port = self._server.add_insecure_port(self.listen)
+        except RuntimeError as exc:
+            # grpc says only "Failed to bind"; say what to do.
+            raise OSError(
+                f"cannot listen on {self.listen}: the address is in use or not valid here; "
+                "pick another with --listen HOST:PORT"
+            ) from exc
+        if port == 0:
+            raise OSError(f"cannot listen on {self.listen}: pick another address with --listen HOST:PORT")
+        self.port = port
+        await self._server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """Drain: health NOT_SERVING, end streams, let calls in flight finish
+        within the grace period, then stop."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.grace_s if grace_s is None else grace_s
+        await self.health.enter_graceful_shutdown()
+        self.subscriptions.stop_all()
+        await self._server.stop(grace)
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def run_gateway(
+    config: ConfigSource,
+    *,
+    listen: str = DEFAULT_LISTEN,
+    grace_s: float = DEFAULT_GRACE_S,
+    stop: asyncio.Event | None = None,
+    db: AsyncPrism | None = None,
+) -> None:
+    """Serve ``config`` until SIGTERM or SIGINT (or ``stop`` is set), then drain.
+
+    ``db``, when given, is an already opened Prism (its config wins); it is
+    closed on the way out all the same.
+    """
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for signum in signals:
+        loop.add_signal_handler(signum, stop.set)
+    prism_db = db if db is not None else AsyncPrism(config)
+    try:
+        gateway = Gateway(prism_db, listen=listen, grace_s=grace_s)
+        await gateway.start()
+        log.info(
+            "prism gateway listening",
+            address=gateway.address,
+            config=prism_db.config.source or "<embedded default>",
+            namespaces=sorted(prism_db.config.namespaces),
+            auto_namespaces=prism_db.config.auto_namespaces,
+        )
+        await stop.wait()
+        log.info("prism gateway draining", address=gateway.address, grace_s=grace_s)
+        await gateway.stop()
+        log.info("prism gateway stopped", address=gateway.address)
+    finally:
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+        await prism_db.close()

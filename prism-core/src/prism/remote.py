@@ -1,0 +1,1048 @@
+"""The remote client: Prism through a gateway (``prism serve``), same API as embedded.
+
+::
+
+    import prism.remote
+
+    with prism.remote.connect("grpc://127.0.0.1:50051") as db:   # instead of prism.open(...)
+        users = db.keyvalue("users")
+        users.put_items("user:1", {b"name": b"Ada"})
+        print(users.get_items("user:1").as_dict())
+
+    async with prism.remote.connect_async("grpc://127.0.0.1:50051") as db:
+        orders = db.queue("orders")
+        await orders.publish("created", [prism.Message(b"user:1", b"order 7")])
+
+``db.keyvalue(ns)`` and ``db.queue(ns)`` take and return the same model types
+(:class:`prism.Item`, :class:`prism.Keys`, :class:`prism.ItemsPage`,
+:class:`prism.Message`, :class:`prism.Delivery`...) and raise the same
+``prism.errors`` classes, with the same messages, as ``prism.open``. Failures
+only a network call has are :class:`RemoteError` subclasses; an unreachable
+gateway is :class:`Unavailable`, a :class:`prism.BackendError` as embedded.
+
+Retries (only what is safe):
+
+* KeyValue writes always carry an idempotency token: the caller's, or one the
+  client makes per call. A retry sends the same token, so it cannot apply twice
+  or overwrite a newer write. Writes and reads (``get_items``, ``scan``) and
+  ``ack`` (acking twice is harmless) are retried on UNAVAILABLE with bounded
+  exponential back-off, within the call's deadline.
+* ``publish``, ``consume`` and ``nack`` are never retried: the first try may
+  have reached the gateway, and a retry could publish the messages twice, or
+  lease messages twice, or take back a delivery someone else now holds. They
+  raise, and the caller decides.
+
+Differences from embedded, by necessity: a handle is lazy, so an unknown
+namespace is reported by its first call rather than by ``db.keyvalue()``;
+``db.plan()`` is a call to the gateway; a consumer hands back what it holds when
+it closes, but if the process dies, what it held comes back after the
+visibility timeout (use :meth:`AsyncRemoteQueue.subscribe` for a stream whose
+deliveries come back as soon as the connection drops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, TypeVar
+
+import attrs
+import grpc
+
+from prism.client import _LoopThread
+from prism.errors import InvalidArgument, PrismError
+from prism.gateway import convert
+from prism.gateway.status import (
+    DeadlineExceeded,
+    InternalError,
+    PermissionDenied,
+    RemoteError,
+    Unauthenticated,
+    Unavailable,
+    error_from_status,
+    rich_status,
+)
+from prism.log import get_logger
+from prism.models import (
+    AllItems,
+    Delete,
+    Delivery,
+    IdempotencyToken,
+    Item,
+    ItemsInput,
+    ItemsPage,
+    KeyRange,
+    Keys,
+    Message,
+    Mutation,
+    Predicate,
+    Put,
+    RecordsPage,
+)
+from prism.planner import NamespacePlan
+from prism.v1 import admin_pb2, admin_pb2_grpc, keyvalue_pb2, keyvalue_pb2_grpc, queue_pb2, queue_pb2_grpc
+
+__all__ = [
+    "AsyncRemoteConsumer",
+    "AsyncRemoteKeyValue",
+    "AsyncRemotePrism",
+    "AsyncRemoteQueue",
+    "AsyncRemoteSubscription",
+    "DeadlineExceeded",
+    "InternalError",
+    "PermissionDenied",
+    "RemoteConsumer",
+    "RemoteError",
+    "RemoteKeyValue",
+    "RemotePrism",
+    "RemoteQueue",
+    "RemoteSubscription",
+    "RetryPolicy",
+    "Unauthenticated",
+    "Unavailable",
+    "connect",
+    "connect_async",
+]
+
+Resp = TypeVar("Resp")
+DeliveryRef = str | Delivery
+
+log = get_logger(__name__)
+
+DEFAULT_PORT = 50051
+#: Seconds a call may take, on top of a consume's own ``wait``.
+DEFAULT_TIMEOUT_S = 30.0
+#: Ids per Nack when a consumer hands back what it holds.
+_RELEASE_BATCH = 100
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How calls that are safe to retry are retried on UNAVAILABLE: at most
+    ``attempts`` tries, sleeping ``initial_backoff_s`` then multiplying by
+    ``multiplier`` up to ``max_backoff_s`` (with full jitter), and never past
+    the call's deadline."""
+
+    attempts: int = attrs.field(default=4, validator=attrs.validators.ge(1))
+    initial_backoff_s: float = attrs.field(default=0.05, validator=attrs.validators.ge(0))
+    max_backoff_s: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
+    multiplier: float = attrs.field(default=2.0, validator=attrs.validators.ge(1))
+
+    def backoff(self, retry: int) -> float:
+        ceiling = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier**retry)
+        return random.uniform(0, ceiling)
+
+
+def parse_target(target: str) -> str:
+    """``grpc://host:port`` (or ``host:port``) as the ``host:port`` gRPC dials.
+
+    :raises ValueError: another scheme, or no host.
+    """
+    scheme, sep, rest = target.partition("://")
+    if not sep:
+        scheme, rest = "grpc", target
+    if scheme == "grpcs":
+        raise ValueError(
+            f"{target!r}: TLS (grpcs://) is not available yet in this version of the gateway; "
+            "use grpc:// on a trusted network"
+        )
+    if scheme != "grpc":
+        raise ValueError(
+            f"{target!r}: expected grpc://HOST:PORT, for example grpc://127.0.0.1:{DEFAULT_PORT}"
+        )
+    rest = rest.rstrip("/")
+    host, colon, port = rest.rpartition(":")
+    if colon and host and port.isdigit():
+        return rest
+    if rest and (":" not in rest or (rest.startswith("[") and rest.endswith("]"))):
+        return f"{rest}:{DEFAULT_PORT}"  # no port: the gateway's default
+    raise ValueError(f"{target!r}: expected grpc://HOST:PORT, for example grpc://127.0.0.1:{DEFAULT_PORT}")
+
+
+# -- argument checks the embedded core makes too -------------------------------------------
+#
+# Values a prism.v1 message cannot carry (a non-string id, a non-Item entry) are
+# refused here with the embedded core's own message, so a caller sees the same
+# InvalidArgument either way instead of a protobuf TypeError.
+
+
+def _check_record_id(namespace: str, record_id: object) -> str:
+    if not isinstance(record_id, str):
+        raise InvalidArgument(
+            f"record id must be a string, got {type(record_id).__name__}", namespace=namespace, field="id"
+        )
+    return record_id
+
+
+def _check_token(namespace: str, token: object) -> IdempotencyToken:
+    if token is None:
+        return IdempotencyToken.new()
+    if not isinstance(token, IdempotencyToken):
+        raise InvalidArgument(
+            f"token must be a prism.IdempotencyToken, got {type(token).__name__}",
+            namespace=namespace,
+            field="token",
+        )
+    return token
+
+
+def _check_predicate(namespace: str, predicate: object) -> Predicate | None:
+    if predicate is None or isinstance(predicate, AllItems | Keys | KeyRange):
+        return predicate
+    raise InvalidArgument(
+        f"predicate must be prism.AllItems(), prism.Keys([...]) or prism.KeyRange(start, end), got {predicate!r}",
+        namespace=namespace,
+        field="predicate",
+    )
+
+
+def _check_positive(namespace: str, value: object, field: str) -> int:
+    """0 on the wire means "the default", so None becomes 0 and 0 is refused here."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidArgument(
+            f"{field} must be a positive integer, got {value!r}", namespace=namespace, field=field
+        )
+    return value
+
+
+def _items(namespace: str, record_id: str, items: ItemsInput) -> list[keyvalue_pb2.Item]:
+    if isinstance(items, Mapping):
+        return [convert.item_to_proto(Item(key, value)) for key, value in items.items()]
+    out: list[keyvalue_pb2.Item] = []
+    for entry in items:
+        if not isinstance(entry, Item | Put):
+            raise InvalidArgument(
+                f"record {record_id!r}: expected prism.Item values, got {type(entry).__name__}",
+                namespace=namespace,
+                field="items",
+            )
+        out.append(convert.item_to_proto(entry))
+    return out
+
+
+def _mutations(namespace: str, record_id: str, mutations: Sequence[Mutation]) -> list[keyvalue_pb2.Mutation]:
+    out: list[keyvalue_pb2.Mutation] = []
+    for mutation in mutations:
+        if not isinstance(mutation, Put | Delete):
+            raise InvalidArgument(
+                f"record {record_id!r}: mutations are prism.Put or prism.Delete, got {type(mutation).__name__}",
+                namespace=namespace,
+                field="mutations",
+            )
+        out.append(convert.mutation_to_proto(mutation))
+    return out
+
+
+def _messages(namespace: str, topic: str, messages: Sequence[Message] | Message) -> list[queue_pb2.Message]:
+    batch = [messages] if isinstance(messages, Message) else list(messages)
+    out: list[queue_pb2.Message] = []
+    for index, message in enumerate(batch):
+        if not isinstance(message, Message):
+            raise InvalidArgument(
+                f"topic {topic!r}: message {index} must be a prism.Message, got {type(message).__name__}",
+                namespace=namespace,
+                field="messages",
+            )
+        if message.deliver_after is not None and not isinstance(message.deliver_after, timedelta | datetime):
+            raise InvalidArgument(
+                f"topic {topic!r}: message {index}: deliver_after must be a timedelta or datetime, "
+                f"got {type(message.deliver_after).__name__}",
+                namespace=namespace,
+                field="deliver_after",
+            )
+        try:
+            out.append(convert.message_to_proto(message))
+        except ValueError as exc:
+            raise InvalidArgument(
+                f"topic {topic!r}: message {index}: {exc}", namespace=namespace, field="deliver_after"
+            ) from None
+    return out
+
+
+def _ids(namespace: str, topic: str, group: str, refs: Iterable[DeliveryRef]) -> list[str]:
+    if isinstance(refs, str | bytes | Delivery):
+        raise InvalidArgument(
+            f"topic {topic!r}, group {group!r}: pass a list of ids, not a single one",
+            namespace=namespace,
+            field="ids",
+        )
+    ids: list[str] = []
+    for ref in refs:
+        value = ref.id if isinstance(ref, Delivery) else ref
+        if not isinstance(value, str):
+            raise InvalidArgument(
+                f"topic {topic!r}, group {group!r}: ids must be non-empty strings from consume, got {value!r}",
+                namespace=namespace,
+                field="ids",
+            )
+        ids.append(value)
+    return ids
+
+
+def _wait_seconds(namespace: str, wait: timedelta | float) -> float:
+    seconds = wait.total_seconds() if isinstance(wait, timedelta) else wait
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        raise InvalidArgument(
+            f"wait must be a non-negative number of seconds or a timedelta, got {wait!r}",
+            namespace=namespace,
+            field="wait",
+        )
+    return float(seconds)
+
+
+def _max_messages(namespace: str, max_messages: object) -> int:
+    if isinstance(max_messages, bool) or not isinstance(max_messages, int) or max_messages < 1:
+        raise InvalidArgument(
+            f"max_messages must be a positive integer, got {max_messages!r}",
+            namespace=namespace,
+            field="max_messages",
+        )
+    return max_messages
+
+
+# -- the connection ------------------------------------------------------------------------
+
+
+class _Connection:
+    """One channel to a gateway, the credentials, and the call policy."""
+
+    def __init__(self, target: str, token: str | None, timeout_s: float, retry: RetryPolicy) -> None:
+        self.target = target
+        self.address = parse_target(target)
+        self.timeout_s = timeout_s
+        self.retry = retry
+        self._metadata: tuple[tuple[str, str], ...] = (
+            (("authorization", f"Bearer {token}"),) if token is not None else ()
+        )
+        self._channel: grpc.aio.Channel | None = None
+        self._stubs: tuple[Any, Any, Any] | None = None
+
+    def _open(self) -> tuple[Any, Any, Any]:
+        # The channel binds to the running loop, so it is made on first use.
+        if self._stubs is None:
+            self._channel = grpc.aio.insecure_channel(self.address)
+            self._stubs = (
+                keyvalue_pb2_grpc.KeyValueServiceStub(self._channel),
+                queue_pb2_grpc.QueueServiceStub(self._channel),
+                admin_pb2_grpc.AdminServiceStub(self._channel),
+            )
+        return self._stubs
+
+    @property
+    def keyvalue(self) -> keyvalue_pb2_grpc.KeyValueServiceAsyncStub:
+        stub: keyvalue_pb2_grpc.KeyValueServiceAsyncStub = self._open()[0]
+        return stub
+
+    @property
+    def queue(self) -> queue_pb2_grpc.QueueServiceAsyncStub:
+        stub: queue_pb2_grpc.QueueServiceAsyncStub = self._open()[1]
+        return stub
+
+    @property
+    def admin(self) -> admin_pb2_grpc.AdminServiceAsyncStub:
+        stub: admin_pb2_grpc.AdminServiceAsyncStub = self._open()[2]
+        return stub
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        # One request id per logical call, the same on each retry, so the
+        # gateway's log lines of all its tries can be found together.
+        return (*self._metadata, ("x-request-id", os.urandom(8).hex()))
+
+    def error(self, exc: grpc.aio.AioRpcError, method: str, namespace: str, timeout_s: float) -> PrismError:
+        code = exc.code()
+        details = exc.details() or ""
+        metadata = exc.trailing_metadata()
+        if rich_status(metadata) is None:
+            # Not the gateway's own refusal: grpc's, on this side of the wire.
+            if code is grpc.StatusCode.UNAVAILABLE:
+                details = (
+                    f"the Prism gateway at {self.target} is unavailable ({details}); check that "
+                    "`prism serve` runs there and retry"
+                )
+            elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
+                details = (
+                    f"namespace {namespace!r}: {method} got no answer from {self.target} within "
+                    f"{timeout_s:g}s; retry, or connect with a longer timeout"
+                )
+        return error_from_status(code, details, metadata)
+
+    async def call(
+        self,
+        method: Callable[..., Awaitable[Resp]],
+        request: Any,
+        *,
+        name: str,
+        namespace: str,
+        retry: bool,
+        extra_s: float = 0.0,
+    ) -> Resp:
+        """One unary call with the deadline, and retries on UNAVAILABLE when
+        ``retry`` (only for calls that are safe to repeat)."""
+        timeout_s = self.timeout_s + extra_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        metadata = self.metadata()
+        tries = self.retry.attempts if retry else 1
+        for attempt in range(tries):
+            remaining = deadline - loop.time()
+            try:
+                return await method(request, timeout=max(remaining, 0.001), metadata=metadata)
+            except grpc.aio.AioRpcError as exc:
+                pause = self.retry.backoff(attempt)
+                last = attempt == tries - 1 or exc.code() is not grpc.StatusCode.UNAVAILABLE
+                if last or loop.time() + pause >= deadline:
+                    raise self.error(exc, name, namespace, timeout_s) from None
+                log.debug("retrying", method=name, namespace=namespace, attempt=attempt + 1, pause_s=pause)
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+        self._channel = None
+        self._stubs = None
+
+
+# -- async handles ----------------------------------------------------------------------------
+
+
+class AsyncRemoteKeyValue:
+    """One KeyValue namespace through the gateway; same methods as :class:`prism.AsyncKeyValue`."""
+
+    def __init__(self, name: str, connection: _Connection) -> None:
+        self.name = name
+        self._conn = connection
+
+    def __repr__(self) -> str:
+        return f"<AsyncRemoteKeyValue {self.name!r} via {self._conn.target}>"
+
+    async def put_items(
+        self, record_id: str, items: ItemsInput, *, token: IdempotencyToken | None = None
+    ) -> None:
+        record_id = _check_record_id(self.name, record_id)
+        request = keyvalue_pb2.PutItemsRequest(
+            namespace=self.name,
+            id=record_id,
+            items=_items(self.name, record_id, items),
+            token=convert.token_to_proto(_check_token(self.name, token)),
+        )
+        kv = self._conn.keyvalue
+        await self._conn.call(kv.PutItems, request, name="PutItems", namespace=self.name, retry=True)
+
+    async def get_items(
+        self,
+        record_id: str,
+        predicate: Predicate | None = None,
+        *,
+        limit: int | None = None,
+        page_size_bytes: int | None = None,
+        page_token: str | None = None,
+    ) -> ItemsPage:
+        request = keyvalue_pb2.GetItemsRequest(
+            namespace=self.name,
+            id=_check_record_id(self.name, record_id),
+            predicate=convert.predicate_to_proto(_check_predicate(self.name, predicate)),
+            limit=_check_positive(self.name, limit, "limit"),
+            page_size_bytes=_check_positive(self.name, page_size_bytes, "page_size_bytes"),
+            page_token=page_token or "",
+        )
+        kv = self._conn.keyvalue
+        response = await self._conn.call(
+            kv.GetItems, request, name="GetItems", namespace=self.name, retry=True
+        )
+        return ItemsPage(
+            [convert.item_from_proto(item) for item in response.items], response.next_page_token or None
+        )
+
+    async def delete_items(
+        self, record_id: str, predicate: Predicate | None = None, *, token: IdempotencyToken | None = None
+    ) -> None:
+        request = keyvalue_pb2.DeleteItemsRequest(
+            namespace=self.name,
+            id=_check_record_id(self.name, record_id),
+            predicate=convert.predicate_to_proto(_check_predicate(self.name, predicate)),
+            token=convert.token_to_proto(_check_token(self.name, token)),
+        )
+        kv = self._conn.keyvalue
+        await self._conn.call(kv.DeleteItems, request, name="DeleteItems", namespace=self.name, retry=True)
+
+    async def mutate_items(
+        self, record_id: str, mutations: Sequence[Mutation], *, token: IdempotencyToken | None = None
+    ) -> None:
+        record_id = _check_record_id(self.name, record_id)
+        request = keyvalue_pb2.MutateItemsRequest(
+            namespace=self.name,
+            id=record_id,
+            mutations=_mutations(self.name, record_id, mutations),
+            token=convert.token_to_proto(_check_token(self.name, token)),
+        )
+        kv = self._conn.keyvalue
+        await self._conn.call(kv.MutateItems, request, name="MutateItems", namespace=self.name, retry=True)
+
+    async def scan(self, *, limit: int | None = None, page_token: str | None = None) -> RecordsPage:
+        request = keyvalue_pb2.ScanRequest(
+            namespace=self.name, limit=_check_positive(self.name, limit, "limit"), page_token=page_token or ""
+        )
+        kv = self._conn.keyvalue
+        response = await self._conn.call(kv.Scan, request, name="Scan", namespace=self.name, retry=True)
+        return RecordsPage(list(response.record_ids), response.next_page_token or None)
+
+
+class AsyncRemoteQueue:
+    """One Queue namespace through the gateway; same methods as :class:`prism.AsyncQueue`,
+    plus :meth:`subscribe`."""
+
+    def __init__(self, name: str, connection: _Connection) -> None:
+        self.name = name
+        self._conn = connection
+
+    def __repr__(self) -> str:
+        return f"<AsyncRemoteQueue {self.name!r} via {self._conn.target}>"
+
+    async def publish(self, topic: str, messages: Sequence[Message] | Message) -> list[str]:
+        """Not retried: a retry after a lost answer would publish the messages twice."""
+        request = queue_pb2.PublishRequest(
+            namespace=self.name, topic=topic, messages=_messages(self.name, topic, messages)
+        )
+        q = self._conn.queue
+        response = await self._conn.call(q.Publish, request, name="Publish", namespace=self.name, retry=False)
+        return list(response.ids)
+
+    async def consume(
+        self, topic: str, group: str, max_messages: int = 10, wait: timedelta | float = 0
+    ) -> list[Delivery]:
+        wait_s = _wait_seconds(self.name, wait)
+        request = queue_pb2.ConsumeRequest(
+            namespace=self.name,
+            topic=topic,
+            group=group,
+            max_messages=_max_messages(self.name, max_messages),
+            wait=convert.seconds_to_duration(wait_s),
+        )
+        q = self._conn.queue
+        response = await self._conn.call(
+            q.Consume, request, name="Consume", namespace=self.name, retry=False, extra_s=wait_s
+        )
+        return convert.deliveries_from_proto(response.deliveries)
+
+    async def ack(
+        self, topic: str, group: str, ids: Iterable[DeliveryRef], *, subscription_id: str = ""
+    ) -> None:
+        """Retried on UNAVAILABLE: acknowledging twice is harmless."""
+        request = queue_pb2.AckRequest(
+            namespace=self.name,
+            topic=topic,
+            group=group,
+            ids=_ids(self.name, topic, group, ids),
+            subscription_id=subscription_id,
+        )
+        q = self._conn.queue
+        await self._conn.call(q.Ack, request, name="Ack", namespace=self.name, retry=True)
+
+    async def nack(
+        self,
+        topic: str,
+        group: str,
+        ids: Iterable[DeliveryRef],
+        *,
+        requeue: bool = True,
+        subscription_id: str = "",
+    ) -> None:
+        """Not retried: a late retry could take back a delivery another consumer now holds."""
+        request = queue_pb2.NackRequest(
+            namespace=self.name,
+            topic=topic,
+            group=group,
+            ids=_ids(self.name, topic, group, ids),
+            dead_letter=not requeue,
+            subscription_id=subscription_id,
+        )
+        q = self._conn.queue
+        await self._conn.call(q.Nack, request, name="Nack", namespace=self.name, retry=False)
+
+    def consumer(self, topic: str, group: str) -> AsyncRemoteConsumer:
+        """A consumer of ``group`` on ``topic``; close it (``async with``) so what
+        it received and did not ack is delivered again at once."""
+        return AsyncRemoteConsumer(self, topic, group)
+
+    def subscribe(self, topic: str, group: str, *, max_in_flight: int = 10) -> AsyncRemoteSubscription:
+        """A Subscribe stream: deliveries pushed as they arrive, at most
+        ``max_in_flight`` unacked at once. Use it with ``async with``; when it
+        closes, or the connection drops, what it held is delivered again at once."""
+        return AsyncRemoteSubscription(
+            self, topic, group, _check_positive(self.name, max_in_flight, "max_in_flight")
+        )
+
+
+class AsyncRemoteConsumer:
+    """One consumer of a group through the gateway; same methods as :class:`prism.AsyncConsumer`.
+
+    It is built on Consume, so it leases exactly what ``consume`` asks for, no
+    more (a stream would prefetch, starving the group's other consumers). It
+    remembers what it received and has not acked or nacked, and on close gives
+    it back with Nack, so it is delivered again at once.
+    """
+
+    def __init__(self, queue: AsyncRemoteQueue, topic: str, group: str) -> None:
+        self.queue = queue
+        self.topic = topic
+        self.group = group
+        self.id = "consumer-" + os.urandom(8).hex()
+        self.closed = False
+        self._held: dict[str, None] = {}
+
+    def __repr__(self) -> str:
+        return f"<AsyncRemoteConsumer {self.id} of {self.group!r} on {self.queue.name}/{self.topic}>"
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise InvalidArgument(
+                f"topic {self.topic!r}, group {self.group!r}: this consumer is closed; open a new one",
+                namespace=self.queue.name,
+            )
+
+    async def consume(self, max_messages: int = 10, wait: timedelta | float = 0) -> list[Delivery]:
+        self._check_open()
+        deliveries = await self.queue.consume(self.topic, self.group, max_messages, wait)
+        self._held.update(dict.fromkeys(d.id for d in deliveries))
+        return deliveries
+
+    async def ack(self, ids: Iterable[DeliveryRef]) -> None:
+        wanted = _ids(self.queue.name, self.topic, self.group, ids)
+        await self.queue.ack(self.topic, self.group, wanted)
+        for delivery_id in wanted:
+            self._held.pop(delivery_id, None)
+
+    async def nack(self, ids: Iterable[DeliveryRef], *, requeue: bool = True) -> None:
+        wanted = _ids(self.queue.name, self.topic, self.group, ids)
+        await self.queue.nack(self.topic, self.group, wanted, requeue=requeue)
+        for delivery_id in wanted:
+            self._held.pop(delivery_id, None)
+
+    async def close(self) -> None:
+        """Give back every delivery this consumer holds and has not acked. If the
+        gateway cannot be reached, they come back after the visibility timeout
+        anyway, so that is logged, not raised."""
+        if self.closed:
+            return
+        self.closed = True
+        held = list(self._held)
+        self._held.clear()
+        for start in range(0, len(held), _RELEASE_BATCH):
+            try:
+                await self.queue.nack(self.topic, self.group, held[start : start + _RELEASE_BATCH])
+            except PrismError as exc:
+                log.warning(
+                    "consumer could not give back its deliveries; they come back after the visibility timeout",
+                    namespace=self.queue.name,
+                    topic=self.topic,
+                    group=self.group,
+                    error=str(exc),
+                )
+                return
+
+    async def __aenter__(self) -> AsyncRemoteConsumer:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class AsyncRemoteSubscription:
+    """A Subscribe stream: ``async for delivery in subscription``, then ``ack``
+    or ``nack`` (which free room on the stream). Remote only."""
+
+    def __init__(self, queue: AsyncRemoteQueue, topic: str, group: str, max_in_flight: int) -> None:
+        self.queue = queue
+        self.topic = topic
+        self.group = group
+        self.max_in_flight = max_in_flight
+        self.id = ""
+        self._call: (
+            grpc.aio.UnaryStreamCall[queue_pb2.SubscribeRequest, queue_pb2.SubscribeResponse] | None
+        ) = None
+
+    async def open(self) -> None:
+        """Start the stream and wait for its subscription id."""
+        conn = self.queue._conn
+        request = queue_pb2.SubscribeRequest(
+            namespace=self.queue.name, topic=self.topic, group=self.group, max_in_flight=self.max_in_flight
+        )
+        self._call = conn.queue.Subscribe(request, metadata=conn.metadata())
+        first = await self._read()
+        if first is None or first.WhichOneof("event") != "subscription_id":
+            raise InternalError(
+                f"namespace {self.queue.name!r}: the gateway at {conn.target} did not start the subscription "
+                "with its id",
+                code=grpc.StatusCode.INTERNAL,
+            )
+        self.id = first.subscription_id
+
+    async def _read(self) -> queue_pb2.SubscribeResponse | None:
+        if self._call is None:
+            raise InvalidArgument(
+                f"topic {self.topic!r}, group {self.group!r}: open the subscription first (async with)",
+                namespace=self.queue.name,
+            )
+        try:
+            message = await self._call.read()
+        except grpc.aio.AioRpcError as exc:
+            raise self.queue._conn.error(exc, "Subscribe", self.queue.name, 0.0) from None
+        if message is grpc.aio.EOF:
+            return None
+        assert isinstance(message, queue_pb2.SubscribeResponse)
+        return message
+
+    def __aiter__(self) -> AsyncIterator[Delivery]:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        message = await self._read()
+        if message is None:
+            raise StopAsyncIteration
+        return convert.delivery_from_proto(message.delivery)
+
+    async def ack(self, ids: Iterable[DeliveryRef]) -> None:
+        await self.queue.ack(self.topic, self.group, ids, subscription_id=self.id)
+
+    async def nack(self, ids: Iterable[DeliveryRef], *, requeue: bool = True) -> None:
+        await self.queue.nack(self.topic, self.group, ids, requeue=requeue, subscription_id=self.id)
+
+    async def close(self) -> None:
+        """End the stream; the gateway gives back what it held at once."""
+        if self._call is not None:
+            self._call.cancel()
+            self._call = None
+
+    async def __aenter__(self) -> AsyncRemoteSubscription:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+class AsyncRemotePrism:
+    """Prism through a gateway, for async code; same shape as :class:`prism.AsyncPrism`."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self._conn = _Connection(target, token, timeout, retry or RetryPolicy())
+        self.target = target
+        self._keyvalue: dict[str, AsyncRemoteKeyValue] = {}
+        self._queue: dict[str, AsyncRemoteQueue] = {}
+
+    def __repr__(self) -> str:
+        return f"<AsyncRemotePrism {self.target}>"
+
+    def keyvalue(self, namespace: str) -> AsyncRemoteKeyValue:
+        """The KeyValue namespace ``namespace``; errors come with its first call."""
+        handle = self._keyvalue.get(namespace)
+        if handle is None:
+            handle = self._keyvalue[namespace] = AsyncRemoteKeyValue(namespace, self._conn)
+        return handle
+
+    def queue(self, namespace: str) -> AsyncRemoteQueue:
+        """The Queue namespace ``namespace``; errors come with its first call."""
+        handle = self._queue.get(namespace)
+        if handle is None:
+            handle = self._queue[namespace] = AsyncRemoteQueue(namespace, self._conn)
+        return handle
+
+    async def plan(self, namespace: str) -> NamespacePlan:
+        """Which backend serves ``namespace``, and why (AdminService.GetPlan)."""
+        admin = self._conn.admin
+        response = await self._conn.call(
+            admin.GetPlan,
+            admin_pb2.GetPlanRequest(name=namespace),
+            name="GetPlan",
+            namespace=namespace,
+            retry=True,
+        )
+        abstraction = {admin_pb2.ABSTRACTION_KEYVALUE: "keyvalue", admin_pb2.ABSTRACTION_QUEUE: "queue"}.get(
+            response.abstraction, "unspecified"
+        )
+        return NamespacePlan(response.name, abstraction, response.backend, response.plugin, response.reason)
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    async def __aenter__(self) -> AsyncRemotePrism:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+
+def connect_async(
+    target: str,
+    *,
+    token: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    retry: RetryPolicy | None = None,
+) -> AsyncRemotePrism:
+    """Connect to a gateway for async code.
+
+    :param target: ``grpc://HOST:PORT`` of a ``prism serve``.
+    :param token: sent as ``authorization: Bearer TOKEN`` on every call.
+    :param timeout: seconds each call may take (a consume gets its ``wait`` on top).
+    :param retry: how safe calls are retried on UNAVAILABLE (see the module docstring).
+    :raises ValueError: ``target`` is not a ``grpc://`` address.
+    """
+    return AsyncRemotePrism(target, token=token, timeout=timeout, retry=retry)
+
+
+# -- sync handles ---------------------------------------------------------------------------------
+
+
+class RemoteKeyValue:
+    """One KeyValue namespace through the gateway, synchronous; same methods as :class:`prism.KeyValue`."""
+
+    def __init__(self, inner: AsyncRemoteKeyValue, portal: _LoopThread) -> None:
+        self._inner = inner
+        self._portal = portal
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    def __repr__(self) -> str:
+        return f"<RemoteKeyValue {self.name!r} via {self._inner._conn.target}>"
+
+    def put_items(self, record_id: str, items: ItemsInput, *, token: IdempotencyToken | None = None) -> None:
+        return self._portal.run(self._inner.put_items(record_id, items, token=token))
+
+    def get_items(
+        self,
+        record_id: str,
+        predicate: Predicate | None = None,
+        *,
+        limit: int | None = None,
+        page_size_bytes: int | None = None,
+        page_token: str | None = None,
+    ) -> ItemsPage:
+        return self._portal.run(
+            self._inner.get_items(
+                record_id, predicate, limit=limit, page_size_bytes=page_size_bytes, page_token=page_token
+            )
+        )
+
+    def delete_items(
+        self, record_id: str, predicate: Predicate | None = None, *, token: IdempotencyToken | None = None
+    ) -> None:
+        return self._portal.run(self._inner.delete_items(record_id, predicate, token=token))
+
+    def mutate_items(
+        self, record_id: str, mutations: Sequence[Mutation], *, token: IdempotencyToken | None = None
+    ) -> None:
+        return self._portal.run(self._inner.mutate_items(record_id, mutations, token=token))
+
+    def scan(self, *, limit: int | None = None, page_token: str | None = None) -> RecordsPage:
+        return self._portal.run(self._inner.scan(limit=limit, page_token=page_token))
+
+
+class RemoteConsumer:
+    """A consumer through the gateway, synchronous; see :class:`AsyncRemoteConsumer`."""
+
+    def __init__(self, inner: AsyncRemoteConsumer, portal: _LoopThread) -> None:
+        self._inner = inner
+        self._portal = portal
+
+    @property
+    def id(self) -> str:
+        return self._inner.id
+
+    @property
+    def topic(self) -> str:
+        return self._inner.topic
+
+    @property
+    def group(self) -> str:
+        return self._inner.group
+
+    def __repr__(self) -> str:
+        return repr(self._inner)
+
+    def consume(self, max_messages: int = 10, wait: timedelta | float = 0) -> list[Delivery]:
+        return self._portal.run(self._inner.consume(max_messages, wait))
+
+    def ack(self, ids: Iterable[DeliveryRef]) -> None:
+        return self._portal.run(self._inner.ack(ids))
+
+    def nack(self, ids: Iterable[DeliveryRef], *, requeue: bool = True) -> None:
+        return self._portal.run(self._inner.nack(ids, requeue=requeue))
+
+    def close(self) -> None:
+        return self._portal.run(self._inner.close())
+
+    def __enter__(self) -> RemoteConsumer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class RemoteSubscription:
+    """A Subscribe stream, synchronous: ``for delivery in subscription``; see
+    :class:`AsyncRemoteSubscription`."""
+
+    def __init__(self, inner: AsyncRemoteSubscription, portal: _LoopThread) -> None:
+        self._inner = inner
+        self._portal = portal
+
+    @property
+    def id(self) -> str:
+        return self._inner.id
+
+    def __iter__(self) -> Iterator[Delivery]:
+        return self
+
+    def __next__(self) -> Delivery:
+        try:
+            return self._portal.run(self._inner.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def ack(self, ids: Iterable[DeliveryRef]) -> None:
+        return self._portal.run(self._inner.ack(ids))
+
+    def nack(self, ids: Iterable[DeliveryRef], *, requeue: bool = True) -> None:
+        return self._portal.run(self._inner.nack(ids, requeue=requeue))
+
+    def close(self) -> None:
+        return self._portal.run(self._inner.close())
+
+    def __enter__(self) -> RemoteSubscription:
+        self._portal.run(self._inner.open())
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class RemoteQueue:
+    """One Queue namespace through the gateway, synchronous; same methods as :class:`prism.Queue`."""
+
+    def __init__(self, inner: AsyncRemoteQueue, portal: _LoopThread) -> None:
+        self._inner = inner
+        self._portal = portal
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    def __repr__(self) -> str:
+        return f"<RemoteQueue {self.name!r} via {self._inner._conn.target}>"
+
+    def publish(self, topic: str, messages: Sequence[Message] | Message) -> list[str]:
+        return self._portal.run(self._inner.publish(topic, messages))
+
+    def consume(
+        self, topic: str, group: str, max_messages: int = 10, wait: timedelta | float = 0
+    ) -> list[Delivery]:
+        return self._portal.run(self._inner.consume(topic, group, max_messages, wait))
+
+    def ack(self, topic: str, group: str, ids: Iterable[DeliveryRef]) -> None:
+        return self._portal.run(self._inner.ack(topic, group, ids))
+
+    def nack(self, topic: str, group: str, ids: Iterable[DeliveryRef], *, requeue: bool = True) -> None:
+        return self._portal.run(self._inner.nack(topic, group, ids, requeue=requeue))
+
+    def consumer(self, topic: str, group: str) -> RemoteConsumer:
+        return RemoteConsumer(self._inner.consumer(topic, group), self._portal)
+
+    def subscribe(self, topic: str, group: str, *, max_in_flight: int = 10) -> RemoteSubscription:
+        return RemoteSubscription(
+            self._inner.subscribe(topic, group, max_in_flight=max_in_flight), self._portal
+        )
+
+
+class RemotePrism:
+    """Prism through a gateway, synchronous; same shape as :class:`prism.Prism`.
+    Close it (or use ``with``) when done."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self._async = AsyncRemotePrism(target, token=token, timeout=timeout, retry=retry)
+        self._portal = _LoopThread()
+        self._keyvalue: dict[str, RemoteKeyValue] = {}
+        self._queue: dict[str, RemoteQueue] = {}
+        self._closed = False
+
+    @property
+    def target(self) -> str:
+        return self._async.target
+
+    def __repr__(self) -> str:
+        return f"<RemotePrism {self.target}>"
+
+    def keyvalue(self, namespace: str) -> RemoteKeyValue:
+        handle = self._keyvalue.get(namespace)
+        if handle is None:
+            handle = self._keyvalue[namespace] = RemoteKeyValue(self._async.keyvalue(namespace), self._portal)
+        return handle
+
+    def queue(self, namespace: str) -> RemoteQueue:
+        handle = self._queue.get(namespace)
+        if handle is None:
+            handle = self._queue[namespace] = RemoteQueue(self._async.queue(namespace), self._portal)
+        return handle
+
+    def plan(self, namespace: str) -> NamespacePlan:
+        return self._portal.run(self._async.plan(namespace))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._portal.run(self._async.close())
+        finally:
+            self._portal.stop()
+
+    def __enter__(self) -> RemotePrism:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def connect(
+    target: str,
+    *,
+    token: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    retry: RetryPolicy | None = None,
+) -> RemotePrism:
+    """Connect to a gateway for synchronous code; see :func:`connect_async`."""
+    return RemotePrism(target, token=token, timeout=timeout, retry=retry)
