@@ -11,7 +11,7 @@ with a namespace::
         page = users.get_items("user:1")
         print(page.as_dict())
 
-Queues work the same way on a backend that provides them (``memory`` today)::
+Queues work the same way (on memory, sqlite, redis and kafka)::
 
     with prism.open({"backends": {"mem": {"plugin": "memory"}}, "auto_namespaces": True}) as db:
         orders = db.queue("orders")
