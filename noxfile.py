@@ -24,7 +24,8 @@ MEMBERS = [
     "conformance",
 ]
 SRC_TREES = [f"{member}/src" for member in MEMBERS] + ["tools"]
-TEST_DEPS = ["pytest>=8", "hypothesis>=6"]
+#: cryptography makes throwaway CAs and certificates for the gateway's TLS tests.
+TEST_DEPS = ["pytest>=8", "hypothesis>=6", "cryptography>=43"]
 TOOLS = {"ruff": "ruff==0.17.6", "mypy": "mypy==2.4.1"}
 #: The prism.v1 code generators. grpcio-tools pins the protobuf gencode version, so
 #: prism-core's protobuf floor follows it; mypy-protobuf writes the .pyi stubs.

@@ -225,8 +225,7 @@ def test_async_remote_client_round_trip(gateway: GatewayThread) -> None:
 
 
 def test_target_must_be_a_grpc_address() -> None:
-    with pytest.raises(ValueError, match="grpcs://"):
-        prism.remote.connect_async("grpcs://127.0.0.1:1")
+    assert prism.remote.parse_target("grpcs://127.0.0.1:1") == "127.0.0.1:1"
     with pytest.raises(ValueError, match="expected grpc://HOST:PORT"):
         prism.remote.connect_async("http://127.0.0.1:1")
     assert prism.remote.parse_target("grpc://gateway") == "gateway:50051"

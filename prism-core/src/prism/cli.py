@@ -22,6 +22,7 @@ from prism.client import open as open_prism
 from prism.config import Config, resolve_config
 from prism.errors import ConfigError, PrismError
 from prism.gateway.command import add_serve_parser
+from prism.gateway.tokens import add_token_parser
 from prism.logging_setup import configure_logging
 from prism.models import AllItems, Delivery, Item, KeyRange, Keys, Message, Predicate
 from prism.planner import plan
@@ -410,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_conformance)
 
     add_serve_parser(sub)
+    add_token_parser(sub)
 
     kv = sub.add_parser("kv", help="KeyValue operations").add_subparsers(dest="kv_command", required=True)
 

@@ -30,6 +30,8 @@ from prism.units import ByteSize, parse_duration, parse_size
 
 Abstraction = Literal["keyvalue", "queue"]
 ABSTRACTIONS: tuple[str, ...] = typing.get_args(Abstraction)
+Role = Literal["read", "write", "admin"]
+ROLES: tuple[str, ...] = typing.get_args(Role)
 
 #: Namespace names become table, keyspace and topic names, so they are kept to
 #: what every datastore accepts (Cassandra: 48 characters, letters, digits, _).
@@ -120,6 +122,43 @@ class BackendConfig:
 
 
 @attrs.frozen
+class TokenConfig:
+    """One bearer token the gateway accepts: its name (for logs), the SHA-256 of
+    the secret (never the secret), and its roles per namespace (``"*"``: all)."""
+
+    name: str
+    sha256: str
+    """64 lowercase hex characters."""
+    grants: Mapping[str, frozenset[str]]
+
+
+@attrs.frozen
+class AuthConfig:
+    """``gateway.auth``: when present, every call needs one of these tokens."""
+
+    tokens: tuple[TokenConfig, ...] = ()
+
+
+@attrs.frozen
+class TlsConfig:
+    """``gateway.tls``: the server's certificate and key (PEM files) and, when
+    ``client_ca`` is set, the CA that client certificates must chain to."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@attrs.frozen
+class GatewayConfig:
+    """The ``gateway:`` section; only ``prism serve`` reads it."""
+
+    auth: AuthConfig | None = None
+    """None: no authentication, every call is allowed."""
+    tls: TlsConfig | None = None
+
+
+@attrs.frozen
 class Config:
     backends: Mapping[str, BackendConfig]
     namespaces: Mapping[str, NamespaceConfig]
@@ -132,6 +171,7 @@ class Config:
     source: str | None = None
     base_dir: Path = attrs.field(factory=Path.cwd)
     """Relative paths in backend settings are resolved against this folder."""
+    gateway: GatewayConfig = GatewayConfig()
 
 
 @attrs.frozen
@@ -145,6 +185,7 @@ class _RawConfig:
     namespaces: dict[str, NamespaceConfig] = attrs.Factory(dict)
     auto_namespaces: bool = False
     page_token_secret: str | None = None
+    gateway: dict[str, Any] | None = None
 
 
 # -- the converter ----------------------------------------------------------------
@@ -350,6 +391,8 @@ def parse_config(
             problems.append(f"{path}.backend: no backend is named {ns.backend!r} (backends: {known})")
         problems += _abstraction_problems(path, ns)
 
+    gateway = _parse_gateway(raw.gateway, base_dir or Path.cwd(), problems)
+
     if problems:
         raise ConfigError(problems, source)
     secret = raw.page_token_secret or os.environ.get("PRISM_PAGE_TOKEN_SECRET") or None
@@ -360,6 +403,7 @@ def parse_config(
         page_token_secret=secret,
         source=source,
         base_dir=base_dir or Path.cwd(),
+        gateway=gateway,
     )
 
 
@@ -405,10 +449,154 @@ def _salvage(data: Mapping[str, Any], problems: list[str]) -> _RawConfig:
                 namespaces[str(name)] = _converter.structure(body, NamespaceConfig)
             except Exception:
                 continue
+    gateway = data.get("gateway")
     return _RawConfig(
         backends=dict(backends) if isinstance(backends, Mapping) else {},
         namespaces=namespaces,
+        gateway=dict(gateway) if isinstance(gateway, Mapping) else None,
     )
+
+
+# -- the gateway section ----------------------------------------------------------------
+#
+# Checked by hand rather than by the converter alone: a token is named by its
+# position (``gateway.auth.tokens[0]``), and a secret pasted where its hash
+# belongs must be refused without echoing it back into a log or a terminal.
+
+_SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
+
+
+@attrs.frozen
+class _RawToken:
+    name: str
+    sha256: str
+    grants: dict[str, list[str]] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class _RawTls:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+def _unknown_keys(body: Mapping[str, Any], known: tuple[str, ...], path: str) -> list[str]:
+    extra = sorted(str(k) for k in body if k not in known)
+    if not extra:
+        return []
+    return [f"{path}: unknown key {', '.join(map(repr, extra))}; expected one of: {', '.join(known)}"]
+
+
+def _parse_token(body: object, path: str, problems: list[str]) -> TokenConfig | None:
+    if not isinstance(body, Mapping):
+        problems.append(
+            f"{path}: expected a mapping with name:, sha256: and grants:, got {type(body).__name__}"
+        )
+        return None
+    try:
+        raw: _RawToken = _converter.structure(body, _RawToken)
+    except Exception as exc:
+        problems += flatten_errors(exc, path)
+        return None
+    ok = True
+    if not raw.name.strip():
+        problems.append(f"{path}.name: give the token a name (it names the caller in logs)")
+        ok = False
+    digest = raw.sha256.strip()
+    if not _SHA256_HEX.fullmatch(digest):
+        # Never echo the value: it may be the secret itself.
+        problems.append(
+            f"{path}.sha256: expected the SHA-256 of the token as 64 hex characters, got "
+            f"{len(raw.sha256)} characters that are not; this looks like a plain token. Put only its hash "
+            "in prism.yaml (`prism token new` prints both), and replace the token if it was shared"
+        )
+        ok = False
+    grants: dict[str, frozenset[str]] = {}
+    for namespace, roles in raw.grants.items():
+        grant_path = f"{path}.grants.{namespace}"
+        if namespace != "*" and not NAMESPACE_NAME.fullmatch(namespace):
+            problems.append(f'{grant_path}: grant a namespace name, or "*" for every namespace')
+            ok = False
+        unknown = [role for role in roles if role not in ROLES]
+        if unknown:
+            problems.append(
+                f"{grant_path}: unknown roles {', '.join(map(repr, unknown))}; expected some of "
+                f"{', '.join(ROLES)}"
+            )
+            ok = False
+        elif not roles:
+            problems.append(
+                f"{grant_path}: grant at least one of {', '.join(ROLES)}, or leave the namespace out"
+            )
+            ok = False
+        grants[namespace] = frozenset(roles)
+    if not ok:
+        return None
+    return TokenConfig(name=raw.name, sha256=digest.lower(), grants=grants)
+
+
+def _parse_auth(body: object, problems: list[str]) -> AuthConfig | None:
+    path = "gateway.auth"
+    if not isinstance(body, Mapping):
+        problems.append(f"{path}: expected a mapping with tokens:, got {body!r}")
+        return None
+    problems += _unknown_keys(body, ("tokens",), path)
+    raw_tokens = body.get("tokens", [])
+    if not isinstance(raw_tokens, list):
+        problems.append(f"{path}.tokens: expected a list of tokens (name:, sha256:, grants:)")
+        return None
+    tokens: list[TokenConfig] = []
+    names: dict[str, int] = {}
+    digests: dict[str, int] = {}
+    for index, item in enumerate(raw_tokens):
+        token_path = f"{path}.tokens[{index}]"
+        token = _parse_token(item, token_path, problems)
+        if token is None:
+            continue
+        if token.name in names:
+            problems.append(
+                f"{token_path}.name: {token.name!r} is also the name of tokens[{names[token.name]}]; "
+                "names must be unique so logs tell callers apart"
+            )
+        if token.sha256 in digests:
+            problems.append(
+                f"{token_path}.sha256: the same hash as tokens[{digests[token.sha256]}]; "
+                "one token cannot have two entries"
+            )
+        names.setdefault(token.name, index)
+        digests.setdefault(token.sha256, index)
+        tokens.append(token)
+    return AuthConfig(tokens=tuple(tokens))
+
+
+def _parse_tls(body: object, base_dir: Path, problems: list[str]) -> TlsConfig | None:
+    path = "gateway.tls"
+    if not isinstance(body, Mapping):
+        problems.append(
+            f"{path}: expected a mapping with cert:, key: and optionally client_ca:, got {body!r}"
+        )
+        return None
+    try:
+        raw: _RawTls = _converter.structure(body, _RawTls)
+    except Exception as exc:
+        problems += flatten_errors(exc, path)
+        return None
+    return TlsConfig(
+        cert=base_dir / raw.cert,
+        key=base_dir / raw.key,
+        client_ca=base_dir / raw.client_ca if raw.client_ca is not None else None,
+    )
+
+
+def _parse_gateway(body: Mapping[str, Any] | None, base_dir: Path, problems: list[str]) -> GatewayConfig:
+    """The ``gateway:`` section; relative paths are resolved against ``base_dir``
+    (the config file's folder), as backend paths are."""
+    if body is None:
+        return GatewayConfig()
+    problems += _unknown_keys(body, ("auth", "tls"), "gateway")
+    auth = _parse_auth(body["auth"], problems) if body.get("auth") is not None else None
+    tls = _parse_tls(body["tls"], base_dir, problems) if body.get("tls") is not None else None
+    return GatewayConfig(auth=auth, tls=tls)
 
 
 def load_config(path: str | os.PathLike[str], registry: BackendRegistry) -> Config:

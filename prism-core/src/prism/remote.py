@@ -13,6 +13,12 @@
         orders = db.queue("orders")
         await orders.publish("created", [prism.Message(b"user:1", b"order 7")])
 
+A gateway with auth wants ``token=``; one serving TLS wants ``grpcs://`` and,
+unless its certificate chains to the system's roots, ``ca=`` (plus ``cert=``
+and ``key=`` when it requires client certificates)::
+
+    prism.remote.connect("grpcs://gw:50051", token=token, ca="ca.pem", cert="me.pem", key="me-key.pem")
+
 ``db.keyvalue(ns)`` and ``db.queue(ns)`` take and return the same model types
 (:class:`prism.Item`, :class:`prism.Keys`, :class:`prism.ItemsPage`,
 :class:`prism.Message`, :class:`prism.Delivery`...) and raise the same
@@ -66,6 +72,7 @@ from prism.gateway.status import (
     error_from_status,
     rich_status,
 )
+from prism.gateway.tls import PemSource, TlsError, channel_credentials
 from prism.log import get_logger
 from prism.models import (
     AllItems,
@@ -102,6 +109,7 @@ __all__ = [
     "RemoteQueue",
     "RemoteSubscription",
     "RetryPolicy",
+    "TlsError",
     "Unauthenticated",
     "Unavailable",
     "connect",
@@ -137,30 +145,53 @@ class RetryPolicy:
         return random.uniform(0, ceiling)
 
 
-def parse_target(target: str) -> str:
-    """``grpc://host:port`` (or ``host:port``) as the ``host:port`` gRPC dials.
+def split_target(target: str) -> tuple[str, bool]:
+    """``grpc://host:port`` or ``grpcs://host:port`` (or ``host:port``) as the
+    ``host:port`` gRPC dials, and whether it is TLS (``grpcs``).
 
     :raises ValueError: another scheme, or no host.
     """
     scheme, sep, rest = target.partition("://")
     if not sep:
         scheme, rest = "grpc", target
-    if scheme == "grpcs":
-        raise ValueError(
-            f"{target!r}: TLS (grpcs://) is not available yet in this version of the gateway; "
-            "use grpc:// on a trusted network"
-        )
-    if scheme != "grpc":
-        raise ValueError(
-            f"{target!r}: expected grpc://HOST:PORT, for example grpc://127.0.0.1:{DEFAULT_PORT}"
-        )
+    usage = (
+        f"{target!r}: expected grpc://HOST:PORT or grpcs://HOST:PORT (TLS), "
+        f"for example grpc://127.0.0.1:{DEFAULT_PORT}"
+    )
+    if scheme not in ("grpc", "grpcs"):
+        raise ValueError(usage)
+    tls = scheme == "grpcs"
     rest = rest.rstrip("/")
     host, colon, port = rest.rpartition(":")
     if colon and host and port.isdigit():
-        return rest
+        return rest, tls
     if rest and (":" not in rest or (rest.startswith("[") and rest.endswith("]"))):
-        return f"{rest}:{DEFAULT_PORT}"  # no port: the gateway's default
-    raise ValueError(f"{target!r}: expected grpc://HOST:PORT, for example grpc://127.0.0.1:{DEFAULT_PORT}")
+        return f"{rest}:{DEFAULT_PORT}", tls  # no port: the gateway's default
+    raise ValueError(usage)
+
+
+def parse_target(target: str) -> str:
+    """``grpc://host:port`` (or ``grpcs://``, or ``host:port``) as the
+    ``host:port`` gRPC dials.
+
+    :raises ValueError: another scheme, or no host.
+    """
+    return split_target(target)[0]
+
+
+def _bearer(token: str | None) -> tuple[tuple[str, str], ...]:
+    """The ``authorization`` metadata for ``token``. Surrounding whitespace is
+    dropped: a token read from a file usually ends with a newline, which gRPC
+    metadata cannot carry."""
+    if token is None:
+        return ()
+    clean = token.strip()
+    if not clean or any(ch.isspace() or not ch.isprintable() for ch in clean):
+        raise ValueError(
+            "token must be the token string `prism token new` printed: non-empty, with no spaces or "
+            "control characters inside"
+        )
+    return (("authorization", f"Bearer {clean}"),)
 
 
 # -- argument checks the embedded core makes too -------------------------------------------
@@ -312,21 +343,40 @@ def _max_messages(namespace: str, max_messages: object) -> int:
 class _Connection:
     """One channel to a gateway, the credentials, and the call policy."""
 
-    def __init__(self, target: str, token: str | None, timeout_s: float, retry: RetryPolicy) -> None:
+    def __init__(
+        self,
+        target: str,
+        token: str | None,
+        timeout_s: float,
+        retry: RetryPolicy,
+        *,
+        ca: PemSource | None = None,
+        cert: PemSource | None = None,
+        key: PemSource | None = None,
+    ) -> None:
         self.target = target
-        self.address = parse_target(target)
+        self.address, tls = split_target(target)
         self.timeout_s = timeout_s
         self.retry = retry
-        self._metadata: tuple[tuple[str, str], ...] = (
-            (("authorization", f"Bearer {token}"),) if token is not None else ()
-        )
+        self._metadata = _bearer(token)
+        self._credentials: grpc.ChannelCredentials | None = None
+        if tls:
+            # Read now, so a wrong path fails at connect(), not at the first call.
+            self._credentials = channel_credentials(ca, cert, key)
+        elif (ca, cert, key) != (None, None, None):
+            raise ValueError(
+                f"{target!r}: ca=, cert= and key= are TLS settings; connect to grpcs://{self.address} to use them"
+            )
         self._channel: grpc.aio.Channel | None = None
         self._stubs: tuple[Any, Any, Any] | None = None
 
     def _open(self) -> tuple[Any, Any, Any]:
         # The channel binds to the running loop, so it is made on first use.
         if self._stubs is None:
-            self._channel = grpc.aio.insecure_channel(self.address)
+            if self._credentials is not None:
+                self._channel = grpc.aio.secure_channel(self.address, self._credentials)
+            else:
+                self._channel = grpc.aio.insecure_channel(self.address)
             self._stubs = (
                 keyvalue_pb2_grpc.KeyValueServiceStub(self._channel),
                 queue_pb2_grpc.QueueServiceStub(self._channel),
@@ -742,8 +792,11 @@ class AsyncRemotePrism:
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = None,
+        ca: PemSource | None = None,
+        cert: PemSource | None = None,
+        key: PemSource | None = None,
     ) -> None:
-        self._conn = _Connection(target, token, timeout, retry or RetryPolicy())
+        self._conn = _Connection(target, token, timeout, retry or RetryPolicy(), ca=ca, cert=cert, key=key)
         self.target = target
         self._keyvalue: dict[str, AsyncRemoteKeyValue] = {}
         self._queue: dict[str, AsyncRemoteQueue] = {}
@@ -798,16 +851,28 @@ def connect_async(
     token: str | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     retry: RetryPolicy | None = None,
+    ca: PemSource | None = None,
+    cert: PemSource | None = None,
+    key: PemSource | None = None,
 ) -> AsyncRemotePrism:
     """Connect to a gateway for async code.
 
-    :param target: ``grpc://HOST:PORT`` of a ``prism serve``.
-    :param token: sent as ``authorization: Bearer TOKEN`` on every call.
+    :param target: ``grpc://HOST:PORT`` of a ``prism serve``, or ``grpcs://HOST:PORT``
+        for one serving TLS.
+    :param token: sent as ``authorization: Bearer TOKEN`` on every call
+        (surrounding whitespace, such as a file's trailing newline, is dropped).
     :param timeout: seconds each call may take (a consume gets its ``wait`` on top).
     :param retry: how safe calls are retried on UNAVAILABLE (see the module docstring).
-    :raises ValueError: ``target`` is not a ``grpc://`` address.
+    :param ca: ``grpcs`` only: the CA bundle (PEM path or bytes) that signed the
+        gateway's certificate; default: the system's trusted roots.
+    :param cert: ``grpcs`` only: a client certificate (PEM path or bytes), for a
+        gateway that requires one (mutual TLS); needs ``key``.
+    :param key: the client certificate's private key (PEM path or bytes).
+    :raises ValueError: ``target`` is not a ``grpc://`` or ``grpcs://`` address,
+        TLS settings with ``grpc://``, ``cert`` without ``key``, or a malformed token.
+    :raises TlsError: a PEM file cannot be read.
     """
-    return AsyncRemotePrism(target, token=token, timeout=timeout, retry=retry)
+    return AsyncRemotePrism(target, token=token, timeout=timeout, retry=retry, ca=ca, cert=cert, key=key)
 
 
 # -- sync handles ---------------------------------------------------------------------------------
@@ -990,8 +1055,13 @@ class RemotePrism:
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         retry: RetryPolicy | None = None,
+        ca: PemSource | None = None,
+        cert: PemSource | None = None,
+        key: PemSource | None = None,
     ) -> None:
-        self._async = AsyncRemotePrism(target, token=token, timeout=timeout, retry=retry)
+        self._async = AsyncRemotePrism(
+            target, token=token, timeout=timeout, retry=retry, ca=ca, cert=cert, key=key
+        )
         self._portal = _LoopThread()
         self._keyvalue: dict[str, RemoteKeyValue] = {}
         self._queue: dict[str, RemoteQueue] = {}
@@ -1043,6 +1113,9 @@ def connect(
     token: str | None = None,
     timeout: float = DEFAULT_TIMEOUT_S,
     retry: RetryPolicy | None = None,
+    ca: PemSource | None = None,
+    cert: PemSource | None = None,
+    key: PemSource | None = None,
 ) -> RemotePrism:
     """Connect to a gateway for synchronous code; see :func:`connect_async`."""
-    return RemotePrism(target, token=token, timeout=timeout, retry=retry)
+    return RemotePrism(target, token=token, timeout=timeout, retry=retry, ca=ca, cert=cert, key=key)

@@ -16,8 +16,12 @@ The modules, one job each:
   ``AsyncPrism``; every semantic rule stays in the core.
 * :mod:`prism.gateway.subscriptions`: Queue ``Subscribe`` streams and their
   flow control.
+* :mod:`prism.gateway.auth`: bearer tokens, per-namespace roles, and the table
+  of which role each method needs.
+* :mod:`prism.gateway.tls`: PEM files to gRPC credentials, server and client.
 * :mod:`prism.gateway.server`: the server, health, reflection, graceful drain.
 * :mod:`prism.gateway.command`: the ``prism serve`` command.
+* :mod:`prism.gateway.tokens`: the ``prism token new`` command.
 
 This package deliberately imports nothing at import time, so the remote client
 and the ``prism`` command can load without the server side.

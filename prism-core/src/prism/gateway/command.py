@@ -12,7 +12,9 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from prism.config import TlsConfig
 from prism.errors import PrismError
 from prism.gateway import DEFAULT_GRACE_S, DEFAULT_LISTEN
 from prism.logging_setup import configure_logging
@@ -65,6 +67,16 @@ def add_serve_parser(
         metavar="HOST:PORT",
         help=f"address to listen on (default: ${LISTEN_ENV}, else {DEFAULT_LISTEN}); port 0 picks a free one",
     )
+    tls = p.add_argument_group(
+        "TLS", "override gateway.tls in prism.yaml; relative paths are relative to the current folder"
+    )
+    tls.add_argument("--tls-cert", metavar="PEM", help="the server's certificate chain (PEM)")
+    tls.add_argument("--tls-key", metavar="PEM", help="the server certificate's private key (PEM)")
+    tls.add_argument(
+        "--tls-client-ca",
+        metavar="PEM",
+        help="require client certificates signed by this CA (mutual TLS); needs --tls-cert and --tls-key",
+    )
     p.add_argument(
         "--grace",
         type=_grace,
@@ -74,6 +86,22 @@ def add_serve_parser(
     )
     p.set_defaults(func=cmd_serve)
     return p
+
+
+def _tls_override(args: argparse.Namespace) -> TlsConfig | None:
+    """The TLS the flags ask for (None: use gateway.tls from the config)."""
+    cert, key, client_ca = (getattr(args, name, None) for name in ("tls_cert", "tls_key", "tls_client_ca"))
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key: mutual TLS is TLS first")
+        return None
+    if cert is None or key is None:
+        raise ValueError("--tls-cert and --tls-key go together: give the certificate and its key")
+    return TlsConfig(
+        cert=Path(cert).absolute(),
+        key=Path(key).absolute(),
+        client_ca=Path(client_ca).absolute() if client_ca is not None else None,
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -89,12 +117,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as exc:
         print(f"prism: error: ${LISTEN_ENV}: {exc}", file=sys.stderr)
         return 2
+    try:
+        tls = _tls_override(args)
+    except ValueError as exc:
+        print(f"prism: error: {exc}", file=sys.stderr)
+        return 2
     # Imported here: the server side (grpc health, reflection) loads only for
     # `prism serve`, not for every `prism` command.
     from prism.gateway.server import run_gateway
 
     try:
-        asyncio.run(run_gateway(config, listen=listen, grace_s=args.grace))
+        asyncio.run(run_gateway(config, listen=listen, grace_s=args.grace, tls=tls))
     except OSError as exc:
         print(f"prism: error: {exc}", file=sys.stderr)
         return 1

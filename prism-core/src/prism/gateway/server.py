@@ -13,11 +13,17 @@ Drain, in order, so that no caller loses work:
 3. the server stops accepting calls and gives those in flight up to the grace
    period to finish (grpc then cancels the rest);
 4. the runtime closes the backends.
+
+Security comes from the config's ``gateway:`` section: ``auth`` turns on bearer
+tokens (checked per call in :class:`prism.gateway.services.Calls`), ``tls``
+serves TLS, or mutual TLS with a client CA. Health and reflection stay open to
+every caller: load balancers and probes carry no tokens.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import signal
 from collections.abc import Sequence
 
@@ -28,9 +34,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # type: ignore[import-un
 from grpc_health.v1._async import HealthServicer  # type: ignore[import-untyped]
 
 from prism.client import AsyncPrism, ConfigSource
+from prism.config import TlsConfig
 from prism.gateway import DEFAULT_GRACE_S, DEFAULT_LISTEN
+from prism.gateway.auth import Authenticator
 from prism.gateway.services import AdminService, Calls, KeyValueService, QueueService
 from prism.gateway.subscriptions import Subscriptions
+from prism.gateway.tls import server_credentials
 from prism.log import get_logger
 from prism.v1 import admin_pb2, admin_pb2_grpc, keyvalue_pb2, keyvalue_pb2_grpc, queue_pb2, queue_pb2_grpc
 
@@ -60,7 +69,10 @@ class Gateway:
     ``start()`` binds and serves; ``port`` is the bound port (useful with
     ``listen="127.0.0.1:0"``); ``stop()`` drains as described in the module
     docstring. The Prism handle is the caller's to close. ``interceptors`` wrap
-    every call (where auth and metrics will plug in).
+    every call (where metrics will plug in).
+
+    Auth is ``db.config.gateway.auth``; TLS is ``tls`` when given, else
+    ``db.config.gateway.tls``.
     """
 
     def __init__(
@@ -70,10 +82,13 @@ class Gateway:
         listen: str = DEFAULT_LISTEN,
         grace_s: float = DEFAULT_GRACE_S,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        tls: TlsConfig | None = None,
     ) -> None:
         self.db = db
         self.listen = listen
         self.grace_s = grace_s
+        self.tls = tls if tls is not None else db.config.gateway.tls
+        self.auth = Authenticator(db.config.gateway.auth)
         self.port: int | None = None
         self.subscriptions = Subscriptions()
         self.health = HealthServicer()
@@ -81,7 +96,7 @@ class Gateway:
         # gateway on a busy port would start "fine" and share its traffic with
         # a stale one. Refusing the port is the clear error.
         self._server = grpc.aio.server(interceptors=list(interceptors), options=[("grpc.so_reuseport", 0)])
-        calls = Calls()
+        calls = Calls(self.auth)
         keyvalue_pb2_grpc.add_KeyValueServiceServicer_to_server(KeyValueService(db, calls), self._server)
         queue_pb2_grpc.add_QueueServiceServicer_to_server(
             QueueService(db, calls, self.subscriptions), self._server
@@ -100,14 +115,24 @@ class Gateway:
     async def start(self) -> None:
         """Bind and start serving.
 
-        :raises OSError: the address cannot be bound (in use, or not local).
+        :raises OSError: the address cannot be bound (in use, or not local), or
+            (:class:`prism.gateway.tls.TlsError`) a TLS file cannot be read.
         """
         try:
-            port = self._server.add_insecure_port(self.listen)
+            if self.tls is not None:
+                port = self._server.add_secure_port(self.listen, server_credentials(self.tls))
+            else:
+                port = self._server.add_insecure_port(self.listen)
         except RuntimeError as exc:
             # grpc says only "Failed to bind"; say what to do.
+            tls_hint = (
+                ", or the TLS certificate and key are not a valid pair; check gateway.tls (or --tls-cert "
+                "and --tls-key)"
+                if self.tls is not None
+                else ""
+            )
             raise OSError(
-                f"cannot listen on {self.listen}: the address is in use or not valid here; "
+                f"cannot listen on {self.listen}: the address is in use or not valid here{tls_hint}; "
                 "pick another with --listen HOST:PORT"
             ) from exc
         if port == 0:
@@ -132,6 +157,38 @@ class Gateway:
         await self._server.wait_for_termination()
 
 
+def is_loopback(listen: str) -> bool:
+    """Whether ``HOST:PORT`` listens only on this machine."""
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: assume it is reachable from elsewhere
+
+
+def _warn_if_exposed(gateway: Gateway) -> None:
+    """An open gateway on a reachable address is a misconfiguration more often
+    than a choice; say so once at start-up."""
+    if is_loopback(gateway.listen):
+        return
+    if not gateway.auth.enabled:
+        log.warning(
+            "prism gateway listens beyond this machine without auth: anyone who can reach "
+            f"{gateway.address} can read and write every namespace; add gateway.auth to prism.yaml "
+            "(see `prism token new`)"
+            + ("" if gateway.tls is not None else ", and gateway.tls or --tls-cert/--tls-key"),
+            address=gateway.address,
+        )
+    elif gateway.tls is None:
+        log.warning(
+            f"prism gateway listens beyond this machine without TLS: tokens sent to {gateway.address} "
+            "travel in clear text; add gateway.tls to prism.yaml or pass --tls-cert/--tls-key",
+            address=gateway.address,
+        )
+
+
 async def run_gateway(
     config: ConfigSource,
     *,
@@ -139,11 +196,12 @@ async def run_gateway(
     grace_s: float = DEFAULT_GRACE_S,
     stop: asyncio.Event | None = None,
     db: AsyncPrism | None = None,
+    tls: TlsConfig | None = None,
 ) -> None:
     """Serve ``config`` until SIGTERM or SIGINT (or ``stop`` is set), then drain.
 
     ``db``, when given, is an already opened Prism (its config wins); it is
-    closed on the way out all the same.
+    closed on the way out all the same. ``tls`` overrides ``gateway.tls``.
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -152,11 +210,16 @@ async def run_gateway(
         loop.add_signal_handler(signum, stop.set)
     prism_db = db if db is not None else AsyncPrism(config)
     try:
-        gateway = Gateway(prism_db, listen=listen, grace_s=grace_s)
+        gateway = Gateway(prism_db, listen=listen, grace_s=grace_s, tls=tls)
         await gateway.start()
+        _warn_if_exposed(gateway)
         log.info(
             "prism gateway listening",
             address=gateway.address,
+            tls="mutual" if gateway.tls and gateway.tls.client_ca else ("on" if gateway.tls else "off"),
+            auth=f"{len(gateway.db.config.gateway.auth.tokens)} tokens"
+            if gateway.db.config.gateway.auth
+            else "off",
             config=prism_db.config.source or "<embedded default>",
             namespaces=sorted(prism_db.config.namespaces),
             auto_namespaces=prism_db.config.auto_namespaces,

@@ -8,7 +8,10 @@ embedded. What the gateway adds is only what a network call needs:
   ``context.time_remaining()``), so work for a caller who gave up stops;
 * each exception becomes a deliberate status (see :mod:`prism.gateway.status`);
 * each call gets a request id (the caller's ``x-request-id``, else a new one),
-  logged at debug level when it starts and ends and sent back in error details.
+  logged at debug level when it starts and ends and sent back in error details;
+* each call is authenticated and authorized (:mod:`prism.gateway.auth`) in
+  :meth:`Calls.run`, the one place that knows both the method and the
+  request's namespace, before its operation touches any data.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ import grpc
 from prism.client import AsyncPrism
 from prism.errors import InvalidArgument, PlanError
 from prism.gateway import convert
+from prism.gateway.auth import REQUIRED_ROLE, Authenticator, Principal, Refusal, denial_message
 from prism.gateway.status import (
     code_for,
     deadline_status,
+    denied_status,
     plain_status,
     status_for,
     to_grpc_status,
@@ -60,7 +65,47 @@ def request_id_of(context: Context) -> str:
 
 
 class Calls:
-    """Runs one call: request id, deadline, logging, and the error mapping."""
+    """Runs one call: request id, access check, deadline, logging, and the
+    error mapping. ``authenticator`` None: auth is off."""
+
+    def __init__(self, authenticator: Authenticator | None = None) -> None:
+        self.authenticator = authenticator or Authenticator(None)
+
+    async def authenticate(self, context: Context, method: str, request_id: str) -> Principal:
+        """The caller, or the call ends with UNAUTHENTICATED."""
+        try:
+            return self.authenticator.authenticate(context.invocation_metadata())
+        except Refusal as exc:
+            log.info(
+                "rpc unauthenticated",
+                method=method,
+                reason=exc.reason,
+                peer=context.peer(),
+                request_id=request_id,
+            )
+            status = plain_status(grpc.StatusCode.UNAUTHENTICATED, str(exc), request_id)
+            await context.abort_with_status(to_grpc_status(status))
+            raise AssertionError("abort_with_status returned") from None  # pragma: no cover
+
+    async def authorize(
+        self, context: Context, principal: Principal, method: str, namespace: str, request_id: str
+    ) -> None:
+        """Return when ``principal`` may call ``method`` on ``namespace``; else the
+        call ends with PERMISSION_DENIED naming the namespace and the role."""
+        if principal.may(method, namespace):
+            return
+        role = REQUIRED_ROLE[method]
+        log.info(
+            "rpc permission denied",
+            token=principal.name,
+            method=method,
+            namespace=namespace,
+            role=role or "any",
+            request_id=request_id,
+        )
+        status = denied_status(denial_message(principal, method, namespace), request_id, namespace, role)
+        await context.abort_with_status(to_grpc_status(status))
+        raise AssertionError("abort_with_status returned")  # pragma: no cover
 
     async def run(
         self,
@@ -70,8 +115,15 @@ class Calls:
         operation: Callable[[], Awaitable[T]],
         *,
         request_id: str | None = None,
+        principal: Principal | None = None,
     ) -> T:
+        """Run ``operation`` for ``method`` on ``namespace``. ``principal``: the
+        caller, when the servicer already authenticated it."""
         request_id = request_id or request_id_of(context)
+        if principal is None:
+            # Before anything else: a caller without a valid token learns
+            # nothing, not even that its request was malformed.
+            principal = await self.authenticate(context, method, request_id)
         if not namespace:
             status = plain_status(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -80,6 +132,8 @@ class Calls:
                 field="namespace",
             )
             await context.abort_with_status(to_grpc_status(status))
+        if method in REQUIRED_ROLE:
+            await self.authorize(context, principal, method, namespace, request_id)
         remaining = context.time_remaining()
         started = time.monotonic()
         log.debug("rpc started", method=method, namespace=namespace, request_id=request_id)
@@ -394,9 +448,14 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def ListNamespaces(
         self, request: admin_pb2.ListNamespacesRequest, context: Context
     ) -> admin_pb2.ListNamespacesResponse:
+        request_id = request_id_of(context)
+        principal = await self._calls.authenticate(context, "ListNamespaces", request_id)
+
         async def operation() -> admin_pb2.ListNamespacesResponse:
             out: list[admin_pb2.Namespace] = []
             for name, declared in self._db.config.namespaces.items():
+                if not principal.roles_on(name):
+                    continue  # a namespace the caller holds no role on is not its business
                 try:
                     out.append(self._namespace(self._db.plan(name)))
                 except PlanError as exc:
@@ -414,7 +473,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             return admin_pb2.ListNamespacesResponse(namespaces=out)
 
         # Not a per-namespace call; "*" names the whole gateway in logs.
-        return await self._calls.run(context, "ListNamespaces", "*", operation)
+        return await self._calls.run(
+            context, "ListNamespaces", "*", operation, request_id=request_id, principal=principal
+        )
 
     async def GetPlan(self, request: admin_pb2.GetPlanRequest, context: Context) -> admin_pb2.Namespace:
         async def operation() -> admin_pb2.Namespace:
@@ -425,11 +486,14 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def CreateNamespace(
         self, request: admin_pb2.CreateNamespaceRequest, context: Context
     ) -> admin_pb2.Namespace:
+        request_id = request_id_of(context)
+        principal = await self._calls.authenticate(context, "CreateNamespace", request_id)
+        await self._calls.authorize(context, principal, "CreateNamespace", request.name, request_id)
         status = plain_status(
             grpc.StatusCode.PERMISSION_DENIED,
             f"namespace {request.name!r}: creating namespaces at run time is not enabled on this gateway; "
             "declare the namespace under `namespaces:` in the gateway's prism.yaml and restart it",
-            request_id_of(context),
+            request_id,
         )
         await context.abort_with_status(to_grpc_status(status))
         raise AssertionError("abort_with_status returned")  # pragma: no cover

@@ -17,6 +17,8 @@ Unsupported, PlanError, WrongAbstraction,   FAILED_PRECONDITION  ErrorInfo (capa
 ConfigError
 BackendError, ConnectionError, TimeoutError UNAVAILABLE          ErrorInfo
 the client's deadline passed                DEADLINE_EXCEEDED    ErrorInfo
+no token, or one the gateway does not know  UNAUTHENTICATED      RequestInfo only
+the token lacks the role on the namespace   PERMISSION_DENIED    ErrorInfo (namespace, role)
 anything else                               INTERNAL             RequestInfo only, no traceback
 ==========================================  ===================  ==================================
 
@@ -80,11 +82,17 @@ class DeadlineExceeded(RemoteError, TimeoutError):
 
 
 class PermissionDenied(RemoteError):
-    """The gateway refused the call (PERMISSION_DENIED)."""
+    """The gateway refused the call (PERMISSION_DENIED): the token lacks the
+    role the call needs on ``namespace`` (``role``; None when any role would
+    do), or the gateway does not allow the call at all (``role`` None)."""
+
+    namespace: str | None = None
+    role: str | None = None
 
 
 class Unauthenticated(RemoteError):
-    """The gateway did not accept the credentials (UNAUTHENTICATED)."""
+    """The gateway did not accept the credentials (UNAUTHENTICATED): no token,
+    a malformed one, or one it does not know."""
 
 
 class InternalError(RemoteError):
@@ -180,6 +188,16 @@ def deadline_status(method: str, namespace: str, seconds: float, request_id: str
         reason="DeadlineExceeded", domain=DOMAIN, metadata={"namespace": namespace}
     )
     return _status(grpc.StatusCode.DEADLINE_EXCEEDED, message, [_pack(info), _request_info(request_id)])
+
+
+def denied_status(message: str, request_id: str, namespace: str, role: str | None) -> status_pb2.Status:
+    """PERMISSION_DENIED for a token without ``role`` on ``namespace``; the
+    ErrorInfo lets the client tell which role is missing."""
+    metadata = {"namespace": namespace}
+    if role is not None:
+        metadata["role"] = role
+    info = error_details_pb2.ErrorInfo(reason="PermissionDenied", domain=DOMAIN, metadata=metadata)
+    return _status(grpc.StatusCode.PERMISSION_DENIED, message, [_pack(info), _request_info(request_id)])
 
 
 def plain_status(
@@ -288,7 +306,11 @@ def error_from_status(
         grpc.StatusCode.UNKNOWN: InternalError,
     }.get(code, RemoteError)
     text = message or f"the gateway call failed with {code.name}"
-    return remote(text, code=code, request_id=request_id)
+    error = remote(text, code=code, request_id=request_id)
+    if isinstance(error, PermissionDenied) and info is not None and info.domain == DOMAIN:
+        error.namespace = info.metadata.get("namespace")
+        error.role = info.metadata.get("role")
+    return error
 
 
 __all__ = [
@@ -302,6 +324,7 @@ __all__ = [
     "Unavailable",
     "code_for",
     "deadline_status",
+    "denied_status",
     "error_from_status",
     "plain_status",
     "status_for",

@@ -10,6 +10,8 @@
 
 The gateway runs on its own event loop thread and a free loopback port, so a
 test's synchronous code (or its own event loop) talks to it over real gRPC.
+Auth comes from the config's ``gateway.auth``; ``tls=`` (or ``gateway.tls``)
+serves TLS, and then :attr:`GatewayThread.target` is a ``grpcs://`` address.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, TypeVar
 import grpc
 
 from prism.client import AsyncPrism, ConfigSource, _LoopThread
+from prism.config import TlsConfig
 from prism.gateway.server import Gateway
 from prism.plugins.manager import PluginSet
 
@@ -37,8 +40,10 @@ class GatewayThread:
         plugins: PluginSet | None = None,
         grace_s: float = 5.0,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+        tls: TlsConfig | None = None,
     ) -> None:
         self._config = config
+        self._tls = tls
         self._interceptors = interceptors
         self._plugins = plugins
         self._grace_s = grace_s
@@ -48,10 +53,12 @@ class GatewayThread:
 
     @property
     def target(self) -> str:
-        """``grpc://127.0.0.1:PORT``, what :func:`prism.remote.connect` takes."""
+        """``grpc://127.0.0.1:PORT`` (``grpcs://`` with TLS), what
+        :func:`prism.remote.connect` takes."""
         if self.gateway is None:
             raise RuntimeError("the gateway is not started; use `with GatewayThread(...)` or start()")
-        return f"grpc://{self.gateway.address}"
+        scheme = "grpcs" if self.gateway.tls is not None else "grpc"
+        return f"{scheme}://{self.gateway.address}"
 
     @property
     def address(self) -> str:
@@ -72,7 +79,11 @@ class GatewayThread:
         async def start() -> None:
             self._db = AsyncPrism(self._config, plugins=self._plugins)
             self.gateway = Gateway(
-                self._db, listen="127.0.0.1:0", grace_s=self._grace_s, interceptors=self._interceptors
+                self._db,
+                listen="127.0.0.1:0",
+                grace_s=self._grace_s,
+                interceptors=self._interceptors,
+                tls=self._tls,
             )
             await self.gateway.start()
 
