@@ -415,7 +415,12 @@ def test_a_consume_waiting_past_the_deadline_answers_before_it(channel: Any) -> 
     loop, chan = channel
     request = queue_pb2.ConsumeRequest(namespace="orders", topic="quiet", group="g")
     request.wait.FromSeconds(10)
-    response = loop.run_until_complete(queue(chan).Consume(request, timeout=1.5))
+
+    async def consume() -> Any:
+        # The call is made inside the loop: grpc.aio binds it to the running loop.
+        return await queue(chan).Consume(request, timeout=1.5)
+
+    response = loop.run_until_complete(consume())
     assert list(response.deliveries) == []
 
 
