@@ -22,7 +22,7 @@ import threading
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from datetime import timedelta
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from prism.config import Config, QueueLimits, resolve_config
 from prism.keyvalue.namespace import AsyncKeyValue
@@ -116,42 +116,67 @@ class _LoopThread:
         self.loop.close()
 
 
-class _SyncNamespace(Generic[Inner]):
-    """What the sync handles of every abstraction share: the async handle they
-    drive on the loop thread, and its identity."""
+class AsyncKeyValueCalls(Protocol):
+    """What the sync KeyValue operations drive: an embedded ``AsyncKeyValue`` or
+    a remote one (:mod:`prism.remote`)."""
 
-    def __init__(self, inner: Inner, portal: _LoopThread) -> None:
-        self._inner: Inner = inner
-        self._portal = portal
+    async def put_items(
+        self, record_id: str, items: ItemsInput, *, token: IdempotencyToken | None = None
+    ) -> None: ...
+
+    async def get_items(
+        self,
+        record_id: str,
+        predicate: Predicate | None = None,
+        *,
+        limit: int | None = None,
+        page_size_bytes: int | None = None,
+        page_token: str | None = None,
+    ) -> ItemsPage: ...
+
+    async def delete_items(
+        self, record_id: str, predicate: Predicate | None = None, *, token: IdempotencyToken | None = None
+    ) -> None: ...
+
+    async def mutate_items(
+        self, record_id: str, mutations: Sequence[Mutation], *, token: IdempotencyToken | None = None
+    ) -> None: ...
+
+    async def scan(self, *, limit: int | None = None, page_token: str | None = None) -> RecordsPage: ...
+
+
+class AsyncConsumerCalls(Protocol):
+    """What a sync :class:`Consumer` drives: an embedded ``AsyncConsumer`` or a
+    remote one."""
 
     @property
-    def name(self) -> str:
-        return self._inner.name
+    def id(self) -> str: ...
 
     @property
-    def backend_name(self) -> str:
-        return self._inner.backend_name
+    def topic(self) -> str: ...
 
     @property
-    def capabilities(self) -> frozenset[str]:
-        return self._inner.capabilities
+    def group(self) -> str: ...
 
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name!r} on {self.backend_name!r}>"
+    async def consume(self, max_messages: int = 10, wait: timedelta | float = 0) -> list[Delivery]: ...
+
+    async def ack(self, ids: Iterable[DeliveryRef]) -> None: ...
+
+    async def nack(self, ids: Iterable[DeliveryRef], *, requeue: bool = True) -> None: ...
+
+    async def close(self) -> None: ...
 
 
-class KeyValue(_SyncNamespace[AsyncKeyValue]):
-    """One KeyValue namespace, synchronous. Same methods as :class:`AsyncKeyValue`."""
+KV = TypeVar("KV", bound=AsyncKeyValueCalls)
+C = TypeVar("C", bound=AsyncConsumerCalls)
 
-    @property
-    def traits(self) -> KeyValueTraits:
-        """What the backend serving this namespace offers (row size, durability…)."""
-        return self._inner.traits
 
-    @property
-    def max_value_bytes(self) -> int:
-        """The largest value this namespace accepts."""
-        return self._inner.max_value_bytes
+class KeyValueCalls(Generic[KV]):
+    """The KeyValue operations, synchronous: each runs its async twin on the
+    loop thread. Shared by :class:`KeyValue` and the remote client's."""
+
+    _inner: KV
+    _portal: _LoopThread
 
     def put_items(
         self,
@@ -191,11 +216,49 @@ class KeyValue(_SyncNamespace[AsyncKeyValue]):
         return self._portal.run(self._inner.scan(limit=limit, page_token=page_token))
 
 
-class Consumer:
+class _SyncNamespace(Generic[Inner]):
+    """What the sync handles of every abstraction share: the async handle they
+    drive on the loop thread, and its identity."""
+
+    def __init__(self, inner: Inner, portal: _LoopThread) -> None:
+        self._inner: Inner = inner
+        self._portal = portal
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    @property
+    def backend_name(self) -> str:
+        return self._inner.backend_name
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return self._inner.capabilities
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} on {self.backend_name!r}>"
+
+
+class KeyValue(_SyncNamespace[AsyncKeyValue], KeyValueCalls[AsyncKeyValue]):
+    """One KeyValue namespace, synchronous. Same methods as :class:`AsyncKeyValue`."""
+
+    @property
+    def traits(self) -> KeyValueTraits:
+        """What the backend serving this namespace offers (row size, durability…)."""
+        return self._inner.traits
+
+    @property
+    def max_value_bytes(self) -> int:
+        """The largest value this namespace accepts."""
+        return self._inner.max_value_bytes
+
+
+class Consumer(Generic[C]):
     """One consumer of a group, synchronous. Same methods as :class:`AsyncConsumer`;
     use it with ``with`` so undelivered work comes back when it stops."""
 
-    def __init__(self, inner: AsyncConsumer, portal: _LoopThread) -> None:
+    def __init__(self, inner: C, portal: _LoopThread) -> None:
         self._inner = inner
         self._portal = portal
 
@@ -226,7 +289,7 @@ class Consumer:
     def close(self) -> None:
         return self._portal.run(self._inner.close())
 
-    def __enter__(self) -> Consumer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -272,7 +335,7 @@ class Queue(_SyncNamespace[AsyncQueue]):
     def nack(self, topic: str, group: str, ids: Iterable[DeliveryRef], *, requeue: bool = True) -> None:
         return self._portal.run(self._inner.nack(topic, group, ids, requeue=requeue))
 
-    def consumer(self, topic: str, group: str) -> Consumer:
+    def consumer(self, topic: str, group: str) -> Consumer[AsyncConsumer]:
         return Consumer(self._inner.consumer(topic, group), self._portal)
 
 

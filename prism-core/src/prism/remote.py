@@ -59,7 +59,7 @@ from typing import Any, TypeVar
 import attrs
 import grpc
 
-from prism.client import _LoopThread
+from prism.client import Consumer, KeyValueCalls, _LoopThread
 from prism.errors import InvalidArgument, PrismError
 from prism.gateway import convert
 from prism.gateway.status import (
@@ -878,7 +878,7 @@ def connect_async(
 # -- sync handles ---------------------------------------------------------------------------------
 
 
-class RemoteKeyValue:
+class RemoteKeyValue(KeyValueCalls[AsyncRemoteKeyValue]):
     """One KeyValue namespace through the gateway, synchronous; same methods as :class:`prism.KeyValue`."""
 
     def __init__(self, inner: AsyncRemoteKeyValue, portal: _LoopThread) -> None:
@@ -892,79 +892,9 @@ class RemoteKeyValue:
     def __repr__(self) -> str:
         return f"<RemoteKeyValue {self.name!r} via {self._inner._conn.target}>"
 
-    def put_items(self, record_id: str, items: ItemsInput, *, token: IdempotencyToken | None = None) -> None:
-        return self._portal.run(self._inner.put_items(record_id, items, token=token))
 
-    def get_items(
-        self,
-        record_id: str,
-        predicate: Predicate | None = None,
-        *,
-        limit: int | None = None,
-        page_size_bytes: int | None = None,
-        page_token: str | None = None,
-    ) -> ItemsPage:
-        return self._portal.run(
-            self._inner.get_items(
-                record_id, predicate, limit=limit, page_size_bytes=page_size_bytes, page_token=page_token
-            )
-        )
-
-    def delete_items(
-        self, record_id: str, predicate: Predicate | None = None, *, token: IdempotencyToken | None = None
-    ) -> None:
-        return self._portal.run(self._inner.delete_items(record_id, predicate, token=token))
-
-    def mutate_items(
-        self, record_id: str, mutations: Sequence[Mutation], *, token: IdempotencyToken | None = None
-    ) -> None:
-        return self._portal.run(self._inner.mutate_items(record_id, mutations, token=token))
-
-    def scan(self, *, limit: int | None = None, page_token: str | None = None) -> RecordsPage:
-        return self._portal.run(self._inner.scan(limit=limit, page_token=page_token))
-
-
-class RemoteConsumer:
+class RemoteConsumer(Consumer[AsyncRemoteConsumer]):
     """A consumer through the gateway, synchronous; see :class:`AsyncRemoteConsumer`."""
-
-    def __init__(self, inner: AsyncRemoteConsumer, portal: _LoopThread) -> None:
-        self._inner = inner
-        self._portal = portal
-
-    @property
-    def id(self) -> str:
-        return self._inner.id
-
-    @property
-    def topic(self) -> str:
-        return self._inner.topic
-
-    @property
-    def group(self) -> str:
-        return self._inner.group
-
-    def __repr__(self) -> str:
-        return repr(self._inner)
-
-    def consume(self, max_messages: int = 10, wait: timedelta | float = 0) -> list[Delivery]:
-        return self._portal.run(self._inner.consume(max_messages, wait))
-
-    def ack(self, ids: Iterable[DeliveryRef]) -> None:
-        return self._portal.run(self._inner.ack(ids))
-
-    def nack(self, ids: Iterable[DeliveryRef], *, requeue: bool = True) -> None:
-        return self._portal.run(self._inner.nack(ids, requeue=requeue))
-
-    def close(self) -> None:
-        return self._portal.run(self._inner.close())
-
-    def __enter__(self) -> RemoteConsumer:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 class RemoteSubscription:

@@ -62,7 +62,7 @@ def of_group(queue: prism.Queue, topic: str, group: str) -> Source:
     return consume
 
 
-def of_consumer(consumer: prism.Consumer) -> Source:
+def of_consumer(consumer: prism.Consumer[prism.AsyncConsumer]) -> Source:
     """Consume with one :class:`prism.Consumer` of a group."""
 
     def consume(max_messages: int, wait: timedelta) -> list[Delivery]:
