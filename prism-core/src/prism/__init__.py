@@ -23,6 +23,8 @@ Queues work the same way (on memory, sqlite, redis and kafka)::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from prism.client import AsyncPrism, Consumer, KeyValue, Prism, Queue, open, open_async
 from prism.errors import (
     BackendError,
@@ -51,7 +53,6 @@ from prism.models import (
     RecordsPage,
 )
 from prism.queue.namespace import AsyncConsumer, AsyncQueue
-from prism.remote import connect, connect_async
 
 __all__ = [
     "AllItems",
@@ -88,3 +89,16 @@ __all__ = [
     "open",
     "open_async",
 ]
+
+if TYPE_CHECKING:
+    from prism.remote import connect, connect_async
+else:
+
+    def __getattr__(name: str) -> Any:
+        # The remote client loads grpc; embedded users should not pay for it
+        # at `import prism`, so it is imported on first use of prism.connect.
+        if name in ("connect", "connect_async"):
+            from prism import remote
+
+            return getattr(remote, name)
+        raise AttributeError(f"module 'prism' has no attribute {name!r}")
