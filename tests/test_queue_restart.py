@@ -56,6 +56,7 @@ WORKER = textwrap.dedent(
                     continue
                 to_ack.append(d)
             if to_ack:
+                print("acking " + " ".join(d.id for d in to_ack), flush=True)
                 consumer.ack(to_ack)
                 for d in to_ack:
                     print(f"acked {d.id}", flush=True)
@@ -77,6 +78,9 @@ class Worker:
         self.lines: queue.Queue[str] = queue.Queue()
         self.got: list[tuple[str, int, str]] = []
         self.acked: set[str] = set()
+        # Acks begun: a kill can land after an ack committed but before the
+        # worker printed it, so an id here and not in acked may go either way.
+        self.acking: set[str] = set()
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -89,6 +93,8 @@ class Worker:
         if kind == "got":
             message_id, attempt, payload = rest.split(" ")
             self.got.append((message_id, int(attempt), payload))
+        elif kind == "acking":
+            self.acking.update(rest.split(" "))
         elif kind == "acked":
             self.acked.add(rest)
 
@@ -177,14 +183,17 @@ def test_a_killed_consumer_loses_nothing_and_acked_never_returns(
         first.wait_for(lambda: len(first.acked) >= MESSAGES // 3, f"{MESSAGES // 3} acknowledgements")
     finally:
         first.kill()
-    held = {message_id for message_id, _, _ in first.got} - first.acked
+    held = {message_id for message_id, _, _ in first.got} - first.acking
+    # Killed mid-ack: committed or not, nobody can tell from outside.
+    uncertain = first.acking - first.acked
     assert held, "the first worker should have held some deliveries when it died"
 
     # The second worker acknowledges everything it gets.
     second = Worker(script, config, topic, group, hold_every=0)
     try:
         second.wait_for(
-            lambda: first.acked | second.acked >= published.keys(), "every message to be acknowledged"
+            lambda: first.acked | second.acked | uncertain >= published.keys(),
+            "every message to be acknowledged",
         )
     finally:
         second.kill()
@@ -192,7 +201,7 @@ def test_a_killed_consumer_loses_nothing_and_acked_never_returns(
     # Nothing acknowledged was delivered again, nothing was lost.
     redelivered = first.acked & {message_id for message_id, _, _ in second.got}
     assert not redelivered, f"acknowledged messages were delivered again: {sorted(redelivered)[:5]}"
-    assert first.acked | second.acked == published.keys()
+    assert first.acked | second.acked | uncertain == published.keys()
     # Every delivery carried the payload that was published under its id.
     for message_id, _, payload in first.got + second.got:
         assert published[message_id] == payload
@@ -206,7 +215,12 @@ def test_a_killed_consumer_loses_nothing_and_acked_never_returns(
             assert attempt > first_attempt[message_id], (message_id, attempt, first_attempt[message_id])
 
     # Once everything is acknowledged, nothing comes back, even after the
-    # visibility timeout of every earlier delivery has run out.
+    # visibility timeout of every earlier delivery has run out. The one
+    # exception is a message whose ack the kill interrupted before it
+    # committed: acknowledge those, and then the group is empty.
     with prism.open(str(config)) as db:
-        leftover = db.queue("restart").consume(topic, group, max_messages=10, wait=VISIBILITY_S + 2)
-    assert leftover == []
+        q = db.queue("restart")
+        while leftover := q.consume(topic, group, max_messages=10, wait=VISIBILITY_S + 2):
+            assert {d.id for d in leftover} <= uncertain - second.acked, [d.id for d in leftover]
+            q.ack(topic, group, leftover)
+            uncertain -= {d.id for d in leftover}

@@ -269,8 +269,12 @@ def test_a_consumer_killed_mid_stream_gets_its_unacked_messages_redelivered(tmp_
         assert attempt == 2
         # Not before its lease ran out (leases use the wall clock: allow 50 ms of skew).
         assert at - got[message_id] >= (visibility_s - 0.05) * 1e9
-    for message_id in set(redelivered) - set(got):
-        assert redelivered[message_id][0] == 1
+    # The kill can land after a receive committed its leases but before the
+    # victim printed them: at most one batch (max_messages=4) the test never
+    # saw comes back on its second attempt; every other unseen message is new.
+    unseen_attempts = [redelivered[message_id][0] for message_id in set(redelivered) - set(got)]
+    assert set(unseen_attempts) <= {1, 2}
+    assert unseen_attempts.count(2) <= 4, unseen_attempts
     # Every message is acknowledged by one of the two: nothing was lost.
     assert set(ids) == acked | set(redelivered) | (acking - acked)
     assert group_low(db) == len(ids)
