@@ -62,7 +62,8 @@ def tests(session: nox.Session) -> None:
     cross-package tests. PRISM_SERVICES=none skips starting them (tests that
     need them then skip, which CI=true turns into failures)."""
     _install_members(session)
-    session.install(*TEST_DEPS, *SERVICES_DEPS)
+    # grpcio-tools: tests/interop generates its Go client with the same pinned protoc.
+    session.install(*TEST_DEPS, *SERVICES_DEPS, *PROTO_TOOLS)
     if os.environ.get("PRISM_SERVICES", "").lower() != "none":
         session.run("python", "-m", "tools.services", "up", env={"PYTHONPATH": str(ROOT)})
     session.run("pytest", *session.posargs, env={"PYTHONDONTWRITEBYTECODE": "1"})
