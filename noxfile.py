@@ -1,7 +1,8 @@
 """Every developer task of the Prism workspace, as a nox session.
 
 ./dev                 lint, protos-check, types and tests (what CI runs)
-./dev -s demo         the embedded SQLite demo
+./dev -s demo         start the gateway on the embedded SQLite default and use it over gRPC
+./dev -s demo-embedded  the same calls in process, with the prism CLI and from Python
 ./dev -s protos       regenerate the prism.v1 gRPC code after editing prism-core/proto
 ./dev -s tests -- -k sqlite   pass arguments through to pytest
 ./dev -s services -- up       real Redis, Cassandra, Kafka and DynamoDB (moto) on loopback
@@ -138,7 +139,18 @@ def protos_check(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def demo(session: nox.Session) -> None:
-    """Put, get, scan, publish and consume on the embedded SQLite default (data in ./prism-data/)."""
+    """Start the gateway (prism serve) on the embedded SQLite default and use it over gRPC.
+
+    The gateway keeps serving at 127.0.0.1:50051 until Ctrl-C; `-- --once`
+    stops it after the demo, `-- --listen HOST:PORT` moves it. Data in ./prism-data/.
+    """
+    _install_members(session)
+    session.run("python", str(ROOT / "examples" / "gateway.py"), *session.posargs)
+
+
+@nox.session(name="demo-embedded", python="3.11")
+def demo_embedded(session: nox.Session) -> None:
+    """Put, get, scan, publish and consume in process, with the `prism` CLI and from Python."""
     _install_members(session)
     prism = ["prism", "--log-level", "warning"]
     session.log("Plugins installed:")

@@ -40,3 +40,23 @@ def test_examples_embedded_runs(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "{b'lang': b'en', b'name': b'Ada Lovelace'}" in result.stdout
     assert "['user:1', 'user:2']" in result.stdout
+
+
+def test_examples_gateway_starts_the_gateway_and_calls_it(tmp_path: Path) -> None:
+    """What the README's first command (`./dev -s demo`) runs, stopped after the demo."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "gateway.py"), "--once", "--listen", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "get user:1 -> {b'lang': b'en', b'name': b'Ada Lovelace'}" in result.stdout
+    assert "scan       -> ['user:1', 'user:2']" in result.stdout
+    assert "consumed   -> " in result.stdout
+    assert "The gateway drained and exited with status 0" in result.stdout
+    # The calls went through the gateway: its access log shows each one.
+    for method in ("PutItems", "GetItems", "Scan", "Publish", "Consume", "Ack"):
+        assert f'"method": "{method}"' in result.stderr
+    assert (tmp_path / "prism-data" / "prism.db").exists()  # the embedded SQLite default
