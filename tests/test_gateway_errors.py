@@ -328,8 +328,9 @@ def test_unexpected_errors_are_internal_with_a_request_id_and_no_leak(gateway: G
     for leak in (SECRET, "Traceback", "RuntimeError"):
         assert leak not in str(error)
     logged = [entry for entry in logs if entry.get("request_id") == error.request_id]
-    assert [entry["event"] for entry in logged] == ["rpc started", "rpc failed unexpectedly"]
+    assert [entry["event"] for entry in logged] == ["rpc started", "rpc failed unexpectedly", "rpc"]
     assert logged[1]["log_level"] == "error"
+    assert logged[2]["code"] == "INTERNAL"  # the access log line
     assert isinstance(logged[1]["exc_info"], RuntimeError)
 
 
@@ -405,8 +406,11 @@ def test_a_call_past_its_deadline_is_deadline_exceeded() -> None:
             assert isinstance(caught.value, TimeoutError)
             # The gateway stopped the work at the caller's deadline too (its own
             # timer, not the client's); wait for its log line with a deadline.
-            assert _eventually(lambda: any(e["event"] == "rpc deadline exceeded" for e in logs))
-            assert any(e["event"] == "rpc deadline exceeded" and e["namespace"] == "kv" for e in logs)
+            assert _eventually(lambda: any(e.get("code") == "DEADLINE_EXCEEDED" for e in logs))
+            assert any(
+                e["event"] == "rpc" and e["code"] == "DEADLINE_EXCEEDED" and e["namespace"] == "kv"
+                for e in logs
+            )
             # Closing the listener resets the hung connections, so the gateway can stop.
             silent.close()
 

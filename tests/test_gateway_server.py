@@ -288,7 +288,9 @@ def test_sigterm_lets_the_call_in_flight_finish_refuses_new_ones_and_exits_0(tmp
         caller.join(timeout=30)
         assert not caller.is_alive()
         assert outcome["deliveries"] == []
-        server.wait_for(lambda r: r.get("event") == "rpc finished" and r.get("method") == "Consume")
+        server.wait_for(
+            lambda r: r.get("event") == "rpc" and r.get("method") == "Consume" and r.get("code") == "OK"
+        )
         server.wait_for(lambda r: r.get("event") == "prism gateway stopped")
         assert server.process.wait(timeout=30) == 0
     finally:

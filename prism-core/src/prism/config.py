@@ -150,12 +150,75 @@ class TlsConfig:
 
 
 @attrs.frozen
+class GatewayLimits:
+    """``gateway.limits``: what protects the datastores behind the gateway.
+
+    The per-call limits (items per call, page size, value and message size)
+    are the namespace's own ``limits:`` and ``queue:`` settings, enforced by the
+    core embedded and remote alike; these are the limits only a server has."""
+
+    max_request_bytes: ByteSize = ByteSize(32 * 1024 * 1024)
+    """The largest request message the gateway reads; larger ones get
+    RESOURCE_EXHAUSTED before any of it is decoded."""
+    max_concurrency: int = 128
+    """Calls in flight per namespace. A call beyond it gets RESOURCE_EXHAUSTED
+    at once (load shedding), so admitted calls keep their latency."""
+    namespace_concurrency: Mapping[str, int] = attrs.Factory(dict)
+    """Per-namespace overrides of ``max_concurrency``."""
+
+    def concurrency_for(self, namespace: str) -> int:
+        return self.namespace_concurrency.get(namespace, self.max_concurrency)
+
+
+@attrs.frozen
+class BreakerConfig:
+    """``gateway.breaker``: one circuit breaker per backend."""
+
+    failures: int = 5
+    """Consecutive failed calls (the datastore unreachable or too slow) that
+    open the breaker."""
+    open_for: timedelta = timedelta(seconds=5)
+    """How long an open breaker fails calls fast before it lets one probe call
+    through; the probe's success closes it, its failure opens it again."""
+
+
+@attrs.frozen
+class MetricsConfig:
+    """``gateway.metrics``: where Prometheus scrapes the gateway."""
+
+    listen: str
+    """``HOST:PORT`` of the metrics HTTP endpoint (``/metrics``)."""
+
+
+@attrs.frozen
+class CreateNamespacesConfig:
+    """``gateway.create_namespaces``: the operator's policy for namespaces that
+    clients declare at run time (AdminService.CreateNamespace).
+
+    Off unless ``allow`` is true, because a run-time namespace provisions tables
+    or topics on a datastore the operator runs: the operator says where
+    (``backends``) and how many (``max_namespaces``)."""
+
+    allow: bool = False
+    backends: tuple[str, ...] | None = None
+    """The backends run-time namespaces may land on; None: every configured one."""
+    max_namespaces: int = 10000
+    """How many run-time namespaces the gateway holds at once (until it restarts)."""
+
+
+@attrs.frozen
 class GatewayConfig:
     """The ``gateway:`` section; only ``prism serve`` reads it."""
 
     auth: AuthConfig | None = None
     """None: no authentication, every call is allowed."""
     tls: TlsConfig | None = None
+    limits: GatewayLimits = GatewayLimits()
+    breaker: BreakerConfig = BreakerConfig()
+    metrics: MetricsConfig | None = None
+    """None: no metrics endpoint (``prism serve --metrics-listen`` turns it on)."""
+    create_namespaces: CreateNamespacesConfig | None = None
+    """None: CreateNamespace is refused (PERMISSION_DENIED)."""
 
 
 @attrs.frozen
@@ -392,6 +455,7 @@ def parse_config(
         problems += _abstraction_problems(path, ns)
 
     gateway = _parse_gateway(raw.gateway, base_dir or Path.cwd(), problems)
+    problems += _create_namespaces_backend_problems(gateway.create_namespaces, raw.backends)
 
     if problems:
         raise ConfigError(problems, source)
@@ -593,10 +657,130 @@ def _parse_gateway(body: Mapping[str, Any] | None, base_dir: Path, problems: lis
     (the config file's folder), as backend paths are."""
     if body is None:
         return GatewayConfig()
-    problems += _unknown_keys(body, ("auth", "tls"), "gateway")
+    problems += _unknown_keys(
+        body, ("auth", "tls", "limits", "breaker", "metrics", "create_namespaces"), "gateway"
+    )
     auth = _parse_auth(body["auth"], problems) if body.get("auth") is not None else None
     tls = _parse_tls(body["tls"], base_dir, problems) if body.get("tls") is not None else None
-    return GatewayConfig(auth=auth, tls=tls)
+    limits = _parse_section(body.get("limits"), GatewayLimits, "gateway.limits", problems)
+    breaker = _parse_section(body.get("breaker"), BreakerConfig, "gateway.breaker", problems)
+    metrics = (
+        _parse_section(body["metrics"], MetricsConfig, "gateway.metrics", problems)
+        if body.get("metrics") is not None
+        else None
+    )
+    create_namespaces = (
+        _parse_create_namespaces(body["create_namespaces"], problems)
+        if body.get("create_namespaces") is not None
+        else None
+    )
+    return GatewayConfig(
+        auth=auth,
+        tls=tls,
+        limits=limits or GatewayLimits(),
+        breaker=breaker or BreakerConfig(),
+        metrics=metrics,
+        create_namespaces=create_namespaces,
+    )
+
+
+@attrs.frozen
+class _RawCreateNamespaces:
+    # list, not tuple: the converter's tuple[str, ...] hook checks capability names.
+    allow: bool = False
+    backends: list[str] | None = None
+    max_namespaces: int = 10000
+
+
+def _parse_create_namespaces(body: object, problems: list[str]) -> CreateNamespacesConfig | None:
+    """``gateway.create_namespaces``; its backend names are checked against
+    ``backends:`` by :func:`_create_namespaces_backend_problems`."""
+    path = "gateway.create_namespaces"
+    if not isinstance(body, Mapping):
+        problems.append(
+            f"{path}: expected a mapping like {{allow: true, backends: [NAME, ...], max_namespaces: N}}, "
+            f"got {body!r}"
+        )
+        return None
+    try:
+        raw: _RawCreateNamespaces = _converter.structure(body, _RawCreateNamespaces)
+    except Exception as exc:
+        problems += flatten_errors(exc, path)
+        return None
+    ok = True
+    if raw.max_namespaces < 1:
+        problems.append(
+            f"{path}.max_namespaces: must be at least 1, got {raw.max_namespaces}; "
+            "set allow: false to refuse run-time namespaces"
+        )
+        ok = False
+    if raw.backends is not None and not raw.backends:
+        problems.append(f"{path}.backends: name at least one backend, or leave the key out for all of them")
+        ok = False
+    if not ok:
+        return None
+    backends = tuple(raw.backends) if raw.backends is not None else None
+    return CreateNamespacesConfig(allow=raw.allow, backends=backends, max_namespaces=raw.max_namespaces)
+
+
+def _create_namespaces_backend_problems(
+    policy: CreateNamespacesConfig | None, configured: Mapping[str, Any]
+) -> list[str]:
+    """Every name in ``gateway.create_namespaces.backends`` must be a configured backend."""
+    if policy is None or policy.backends is None:
+        return []
+    known = ", ".join(configured) or "none configured"
+    return [
+        f"gateway.create_namespaces.backends.{index}: no backend is named {name!r} (backends: {known})"
+        for index, name in enumerate(policy.backends)
+        if name not in configured
+    ]
+
+
+_S = typing.TypeVar("_S", GatewayLimits, BreakerConfig, MetricsConfig)
+
+
+def _parse_section(body: object, cls: type[_S], path: str, problems: list[str]) -> _S | None:
+    """One plain ``gateway:`` block through the converter, with its own checks:
+    every count at least 1, and listen addresses as ``HOST:PORT``."""
+    if body is None:
+        return None
+    if not isinstance(body, Mapping):
+        problems.append(f"{path}: expected a mapping, got {body!r}")
+        return None
+    try:
+        section: _S = _converter.structure(body, cls)
+    except Exception as exc:
+        problems += flatten_errors(exc, path)
+        return None
+    ok = True
+    if isinstance(section, GatewayLimits):
+        counts = {"max_concurrency": section.max_concurrency} | {
+            f"namespace_concurrency.{name}": value for name, value in section.namespace_concurrency.items()
+        }
+        for name, value in counts.items():
+            if value < 1:
+                problems.append(f"{path}.{name}: must be at least 1, got {value}")
+                ok = False
+        if section.max_request_bytes < 1024:
+            problems.append(
+                f"{path}.max_request_bytes: must be at least 1KiB, got {section.max_request_bytes}"
+            )
+            ok = False
+    elif isinstance(section, BreakerConfig):
+        if section.failures < 1:
+            problems.append(f"{path}.failures: must be at least 1, got {section.failures}")
+            ok = False
+        if section.open_for <= timedelta(0):
+            problems.append(f"{path}.open_for: must be longer than 0s")
+            ok = False
+    elif not _HOST_PORT.fullmatch(section.listen):
+        problems.append(f"{path}.listen: expected HOST:PORT such as 127.0.0.1:9464, got {section.listen!r}")
+        ok = False
+    return section if ok else None
+
+
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}")
 
 
 def load_config(path: str | os.PathLike[str], registry: BackendRegistry) -> Config:

@@ -126,3 +126,39 @@ class Unsupported(PrismError):
 
 class BackendError(PrismError):
     """The datastore failed. The request may be retried."""
+
+
+class Overloaded(PrismError):
+    """The gateway shed the call: ``namespace`` already had ``limit`` calls in
+    flight (RESOURCE_EXHAUSTED). Nothing was done; retry after a backoff."""
+
+    def __init__(
+        self, namespace: str, *, limit: int, limit_name: str = "gateway.limits.max_concurrency"
+    ) -> None:
+        self.namespace = namespace
+        self.limit = limit
+        self.limit_name = limit_name
+        super().__init__(
+            f"namespace {namespace!r}: the gateway is at its limit of {limit} calls in flight for this "
+            f"namespace ({limit_name}) and shed this call without running it; retry after a backoff, "
+            "or ask the operator to raise the limit"
+        )
+
+
+class BreakerOpen(BackendError):
+    """The gateway's circuit breaker for ``backend`` is open: the datastore
+    failed its last calls, so calls fail fast (UNAVAILABLE) instead of waiting
+    on it. One call is let through after ``retry_after_s`` to probe it."""
+
+    def __init__(
+        self, backend: str, *, namespace: str, failures: int, retry_after_s: float, cause: str
+    ) -> None:
+        self.backend = backend
+        self.namespace = namespace
+        self.failures = failures
+        self.retry_after_s = retry_after_s
+        super().__init__(
+            f"namespace {namespace!r}: backend {backend!r} is failing ({failures} calls in a row, the last "
+            f"with {cause}), so the gateway fails calls to it fast; it probes the backend again in "
+            f"{retry_after_s:.1f}s. Retry after that, and check the datastore"
+        )

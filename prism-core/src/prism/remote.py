@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -58,9 +59,11 @@ from typing import Any, TypeVar
 
 import attrs
 import grpc
+from google.protobuf import duration_pb2
 
 from prism.client import Consumer, KeyValueCalls, _LoopThread
-from prism.errors import InvalidArgument, PrismError
+from prism.config import Limits, QueueLimits
+from prism.errors import InvalidArgument, InvalidPageToken, LimitExceeded, PrismError
 from prism.gateway import convert
 from prism.gateway.status import (
     DeadlineExceeded,
@@ -91,6 +94,8 @@ from prism.models import (
     RecordsPage,
 )
 from prism.planner import NamespacePlan
+from prism.spi import Consistency, Durability, KeyValueTraits, QueueTraits
+from prism.units import ByteSize, parse_duration, parse_size
 from prism.v1 import admin_pb2, admin_pb2_grpc, keyvalue_pb2, keyvalue_pb2_grpc, queue_pb2, queue_pb2_grpc
 
 __all__ = [
@@ -109,6 +114,7 @@ __all__ = [
     "RemoteQueue",
     "RemoteSubscription",
     "RetryPolicy",
+    "ServedNamespace",
     "TlsError",
     "Unauthenticated",
     "Unavailable",
@@ -242,6 +248,17 @@ def _check_positive(namespace: str, value: object, field: str) -> int:
     return value
 
 
+def _check_page_token(namespace: str, page_token: str | None) -> str:
+    """The page token for the wire, where "" means "no token": an empty token
+    given on purpose is refused here, as the embedded core refuses it, instead
+    of silently starting the listing again (found by the remote conformance run)."""
+    if page_token is None:
+        return ""
+    if not isinstance(page_token, str) or not page_token:
+        raise InvalidPageToken("it is not a Prism page token", namespace=namespace)
+    return page_token
+
+
 def _items(namespace: str, record_id: str, items: ItemsInput) -> list[keyvalue_pb2.Item]:
     if isinstance(items, Mapping):
         return [convert.item_to_proto(Item(key, value)) for key, value in items.items()]
@@ -340,6 +357,15 @@ def _max_messages(namespace: str, max_messages: object) -> int:
 # -- the connection ------------------------------------------------------------------------
 
 
+#: grpc caps received messages at 4 MiB by default, below one 8 MiB value or a
+#: 16 MiB page. What the gateway sends is bounded by the namespace's own limits
+#: (max_value_bytes, max_page_size_bytes), so the client takes any size.
+_CHANNEL_OPTIONS = (("grpc.max_receive_message_length", -1),)
+
+#: grpc's own words when a message is over the receiver's limit.
+_TOO_LARGE = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
+
+
 class _Connection:
     """One channel to a gateway, the credentials, and the call policy."""
 
@@ -374,9 +400,11 @@ class _Connection:
         # The channel binds to the running loop, so it is made on first use.
         if self._stubs is None:
             if self._credentials is not None:
-                self._channel = grpc.aio.secure_channel(self.address, self._credentials)
+                self._channel = grpc.aio.secure_channel(
+                    self.address, self._credentials, options=_CHANNEL_OPTIONS
+                )
             else:
-                self._channel = grpc.aio.insecure_channel(self.address)
+                self._channel = grpc.aio.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
             self._stubs = (
                 keyvalue_pb2_grpc.KeyValueServiceStub(self._channel),
                 queue_pb2_grpc.QueueServiceStub(self._channel),
@@ -419,6 +447,18 @@ class _Connection:
                 details = (
                     f"namespace {namespace!r}: {method} got no answer from {self.target} within "
                     f"{timeout_s:g}s; retry, or connect with a longer timeout"
+                )
+            elif code is grpc.StatusCode.RESOURCE_EXHAUSTED and (match := _TOO_LARGE.search(details)):
+                # The gateway's grpc refused the request before Prism saw it.
+                actual, limit = int(match[1]), int(match[2])
+                return LimitExceeded(
+                    f"{method} sent a request of {actual} bytes, over the gateway's limit of {limit} bytes "
+                    "(gateway.limits.max_request_bytes); send fewer or smaller items per call",
+                    namespace=namespace,
+                    limit_name="gateway.limits.max_request_bytes",
+                    limit=limit,
+                    actual=actual,
+                    field="request",
                 )
         return error_from_status(code, details, metadata)
 
@@ -500,7 +540,7 @@ class AsyncRemoteKeyValue:
             predicate=convert.predicate_to_proto(_check_predicate(self.name, predicate)),
             limit=_check_positive(self.name, limit, "limit"),
             page_size_bytes=_check_positive(self.name, page_size_bytes, "page_size_bytes"),
-            page_token=page_token or "",
+            page_token=_check_page_token(self.name, page_token),
         )
         kv = self._conn.keyvalue
         response = await self._conn.call(
@@ -537,7 +577,9 @@ class AsyncRemoteKeyValue:
 
     async def scan(self, *, limit: int | None = None, page_token: str | None = None) -> RecordsPage:
         request = keyvalue_pb2.ScanRequest(
-            namespace=self.name, limit=_check_positive(self.name, limit, "limit"), page_token=page_token or ""
+            namespace=self.name,
+            limit=_check_positive(self.name, limit, "limit"),
+            page_token=_check_page_token(self.name, page_token),
         )
         kv = self._conn.keyvalue
         response = await self._conn.call(kv.Scan, request, name="Scan", namespace=self.name, retry=True)
@@ -782,6 +824,209 @@ class AsyncRemoteSubscription:
         await self.close()
 
 
+# -- run-time namespaces (AdminService.CreateNamespace) -------------------------------------
+
+_ABSTRACTION_NUMBERS = {"keyvalue": admin_pb2.ABSTRACTION_KEYVALUE, "queue": admin_pb2.ABSTRACTION_QUEUE}
+_DURABILITY_NUMBERS = {"ephemeral": admin_pb2.DURABILITY_EPHEMERAL, "durable": admin_pb2.DURABILITY_DURABLE}
+_CONSISTENCY_NUMBERS = {
+    "eventual": admin_pb2.CONSISTENCY_EVENTUAL,
+    "read_your_writes": admin_pb2.CONSISTENCY_READ_YOUR_WRITES,
+    "strong": admin_pb2.CONSISTENCY_STRONG,
+}
+_NEEDS_KEYS = ("durability", "consistency", "ttl", "max_value_bytes", "read_rps", "write_rps", "capabilities")
+
+
+@attrs.frozen
+class ServedNamespace:
+    """A namespace as the gateway serves it (AdminService's ``Namespace``): its
+    plan, the backend's capabilities and traits, and the limits in force.
+    ``limits`` is set for KeyValue namespaces, ``queue`` for Queue ones; their
+    ``max_value_bytes`` and ``max_message_bytes`` are the effective limits."""
+
+    name: str
+    abstraction: str
+    backend: str
+    plugin: str
+    reason: str
+    capabilities: frozenset[str]
+    traits: KeyValueTraits | QueueTraits | None
+    limits: Limits | None = None
+    queue: QueueLimits | None = None
+    runtime: bool = False
+    """Declared at run time (CreateNamespace), not in the gateway's prism.yaml."""
+
+    @property
+    def plan(self) -> NamespacePlan:
+        return NamespacePlan(self.name, self.abstraction, self.backend, self.plugin, self.reason)
+
+
+def _bad_declaration(name: str, field: str, message: str) -> InvalidArgument:
+    return InvalidArgument(f"{field}: {message}", namespace=name, field=field)
+
+
+def _to_duration(name: str, field: str, value: object) -> duration_pb2.Duration:
+    try:
+        return convert.timedelta_to_duration(parse_duration(value))
+    except ValueError as exc:
+        raise _bad_declaration(name, field, str(exc)) from None
+
+
+def _wire_settings(
+    name: str,
+    block: str,
+    values: Mapping[str, Any] | None,
+    message: admin_pb2.KeyValueLimits | admin_pb2.QueueSettings,
+) -> None:
+    """Copy a ``limits:`` or ``queue:`` block, as prism.yaml spells it (``"8MiB"``,
+    ``"30s"``), into its typed message. What is left out stays the default."""
+    if not values:
+        return
+    known = [field.name for field in message.DESCRIPTOR.fields]
+    for key, value in values.items():
+        field = f"{block}.{key}"
+        if key not in known:
+            raise _bad_declaration(name, field, f"unknown key {key!r}; expected one of: {', '.join(known)}")
+        current = getattr(message, key)
+        if isinstance(current, duration_pb2.Duration):
+            current.CopyFrom(_to_duration(name, field, value))
+        elif isinstance(current, str):
+            if not isinstance(value, str):
+                raise _bad_declaration(name, field, f"expected a string, got {value!r}")
+            setattr(message, key, value)
+        else:
+            try:
+                number = parse_size(value) if key.endswith("_bytes") else value
+                setattr(message, key, number)
+            except (TypeError, ValueError) as exc:
+                why = str(exc) if key.endswith("_bytes") else f"expected a positive integer, got {value!r}"
+                raise _bad_declaration(name, field, why) from None
+
+
+def declaration_request(
+    name: str,
+    abstraction: str,
+    *,
+    needs: Mapping[str, Any] | None = None,
+    backend: str | None = None,
+    limits: Mapping[str, Any] | None = None,
+    queue: Mapping[str, Any] | None = None,
+) -> admin_pb2.CreateNamespaceRequest:
+    """A CreateNamespaceRequest from a namespace entry as prism.yaml spells it.
+    Only what the wire cannot carry is checked here; the gateway checks the rest
+    exactly as it checks prism.yaml.
+
+    :raises InvalidArgument: naming the field.
+    """
+    if abstraction not in _ABSTRACTION_NUMBERS:
+        raise _bad_declaration(name, "abstraction", f"expected 'keyvalue' or 'queue', got {abstraction!r}")
+    request = admin_pb2.CreateNamespaceRequest(
+        name=name, abstraction=_ABSTRACTION_NUMBERS[abstraction], backend=backend or ""
+    )
+    for key, value in (needs or {}).items():
+        field = f"needs.{key}"
+        wire = request.needs
+        if key not in _NEEDS_KEYS:
+            raise _bad_declaration(
+                name, field, f"unknown key {key!r}; expected one of: {', '.join(_NEEDS_KEYS)}"
+            )
+        if key in ("durability", "consistency"):
+            numbers = _DURABILITY_NUMBERS if key == "durability" else _CONSISTENCY_NUMBERS
+            if value not in numbers:
+                raise _bad_declaration(
+                    name, field, f"expected one of {', '.join(map(repr, numbers))}, got {value!r}"
+                )
+            setattr(wire, key, numbers[value])
+        elif key == "ttl":
+            wire.ttl.CopyFrom(_to_duration(name, field, value))
+        elif key == "capabilities":
+            if isinstance(value, str) or not isinstance(value, Iterable):
+                raise _bad_declaration(name, field, f"expected a list of capability names, got {value!r}")
+            wire.capabilities.extend(str(c) for c in value)
+        else:
+            try:
+                setattr(wire, key, parse_size(value) if key == "max_value_bytes" else value)
+            except (TypeError, ValueError) as exc:
+                why = str(exc) if key == "max_value_bytes" else f"expected a positive integer, got {value!r}"
+                raise _bad_declaration(name, field, why) from None
+    if limits:
+        _wire_settings(name, "limits", limits, request.limits)
+    if queue:
+        _wire_settings(name, "queue", queue, request.queue)
+    return request
+
+
+def _timedelta(value: duration_pb2.Duration) -> timedelta:
+    return convert.duration_to_timedelta(value)
+
+
+def served_namespace(message: admin_pb2.Namespace) -> ServedNamespace:
+    """The gateway's ``Namespace`` answer as a :class:`ServedNamespace`."""
+    abstraction = {number: name for name, number in _ABSTRACTION_NUMBERS.items()}.get(
+        message.abstraction, "unspecified"
+    )
+    durabilities: dict[int, Durability] = {_DURABILITY_NUMBERS[d]: d for d in ("ephemeral", "durable")}
+    consistencies: dict[int, Consistency] = {
+        _CONSISTENCY_NUMBERS[c]: c for c in ("eventual", "read_your_writes", "strong")
+    }
+    # Unspecified (an older gateway): the weakest, so nothing is promised that was not said.
+    durability = durabilities.get(message.traits.durability, "ephemeral")
+    consistency = consistencies.get(message.traits.consistency, "eventual")
+    traits: KeyValueTraits | QueueTraits | None = None
+    limits: Limits | None = None
+    queue: QueueLimits | None = None
+    wire = message.traits
+    if message.HasField("limits"):
+        traits = KeyValueTraits(
+            durability=durability,
+            consistency=consistency,
+            max_item_bytes=wire.max_item_bytes,
+            max_value_bytes=wire.max_value_bytes,
+            max_ttl=_timedelta(wire.max_ttl) if wire.HasField("max_ttl") else None,
+            max_key_bytes=wire.max_key_bytes or None,
+            durability_note=wire.durability_note,
+        )
+        got = message.limits
+        limits = Limits(
+            max_key_bytes=ByteSize(got.max_key_bytes),
+            max_value_bytes=ByteSize(got.max_value_bytes),
+            max_items_per_call=got.max_items_per_call,
+            page_size_bytes=ByteSize(got.page_size_bytes),
+            max_page_size_bytes=ByteSize(got.max_page_size_bytes),
+            max_page_items=got.max_page_items,
+            tombstone_ttl=_timedelta(got.tombstone_ttl),
+            max_token_skew=_timedelta(got.max_token_skew),
+        )
+    elif message.HasField("queue"):
+        traits = QueueTraits(
+            durability=durability,
+            max_message_bytes=wire.max_message_bytes,
+            durability_note=wire.durability_note,
+        )
+        settings = message.queue
+        queue = QueueLimits(
+            max_message_bytes=ByteSize(settings.max_message_bytes),
+            max_batch=settings.max_batch,
+            max_topic_name_bytes=settings.max_topic_name_bytes,
+            visibility_timeout=_timedelta(settings.visibility_timeout),
+            max_attempts=settings.max_attempts,
+            max_wait=_timedelta(settings.max_wait),
+            max_delay=_timedelta(settings.max_delay),
+            dead_letter_suffix=settings.dead_letter_suffix,
+        )
+    return ServedNamespace(
+        name=message.name,
+        abstraction=abstraction,
+        backend=message.backend,
+        plugin=message.plugin,
+        reason=message.reason,
+        capabilities=frozenset(message.capabilities),
+        traits=traits,
+        limits=limits,
+        queue=queue,
+        runtime=message.runtime,
+    )
+
+
 class AsyncRemotePrism:
     """Prism through a gateway, for async code; same shape as :class:`prism.AsyncPrism`."""
 
@@ -832,6 +1077,49 @@ class AsyncRemotePrism:
             response.abstraction, "unspecified"
         )
         return NamespacePlan(response.name, abstraction, response.backend, response.plugin, response.reason)
+
+    async def create_namespace(
+        self,
+        name: str,
+        abstraction: str = "keyvalue",
+        *,
+        needs: Mapping[str, Any] | None = None,
+        backend: str | None = None,
+        limits: Mapping[str, Any] | None = None,
+        queue: Mapping[str, Any] | None = None,
+    ) -> ServedNamespace:
+        """Declare ``name`` on the gateway (AdminService.CreateNamespace), as an
+        entry under ``namespaces:`` in its prism.yaml would, e.g.
+        ``create_namespace("carts", needs={"ttl": "1d"}, limits={"max_key_bytes": 64})``.
+
+        Declaring the same settings again succeeds, so call it at every start-up.
+        The namespace lasts until the gateway restarts; its data stays on the
+        backend, and declaring it again reattaches it. Retried on UNAVAILABLE:
+        it is idempotent.
+
+        :raises prism.InvalidArgument: settings prism.yaml would refuse, naming the field.
+        :raises prism.PlanError: no (allowed) backend meets the needs.
+        :raises PermissionDenied: the policy (gateway.create_namespaces) does not
+            allow it, or the token lacks the admin grant on ``name``.
+        :raises RemoteError: ``code`` ALREADY_EXISTS (declared with other
+            settings) or RESOURCE_EXHAUSTED (the policy's max_namespaces).
+        """
+        request = declaration_request(
+            name, abstraction, needs=needs, backend=backend, limits=limits, queue=queue
+        )
+        admin = self._conn.admin
+        response = await self._conn.call(
+            admin.CreateNamespace, request, name="CreateNamespace", namespace=name, retry=True
+        )
+        return served_namespace(response)
+
+    async def namespace(self, name: str) -> ServedNamespace:
+        """How ``name`` is served (AdminService.GetPlan), with its limits and traits."""
+        admin = self._conn.admin
+        response = await self._conn.call(
+            admin.GetPlan, admin_pb2.GetPlanRequest(name=name), name="GetPlan", namespace=name, retry=True
+        )
+        return served_namespace(response)
 
     async def close(self) -> None:
         await self._conn.close()
@@ -1018,6 +1306,27 @@ class RemotePrism:
 
     def plan(self, namespace: str) -> NamespacePlan:
         return self._portal.run(self._async.plan(namespace))
+
+    def create_namespace(
+        self,
+        name: str,
+        abstraction: str = "keyvalue",
+        *,
+        needs: Mapping[str, Any] | None = None,
+        backend: str | None = None,
+        limits: Mapping[str, Any] | None = None,
+        queue: Mapping[str, Any] | None = None,
+    ) -> ServedNamespace:
+        """Declare a namespace on the gateway; see :meth:`AsyncRemotePrism.create_namespace`."""
+        return self._portal.run(
+            self._async.create_namespace(
+                name, abstraction, needs=needs, backend=backend, limits=limits, queue=queue
+            )
+        )
+
+    def namespace(self, name: str) -> ServedNamespace:
+        """How ``name`` is served; see :meth:`AsyncRemotePrism.namespace`."""
+        return self._portal.run(self._async.namespace(name))
 
     def close(self) -> None:
         if self._closed:

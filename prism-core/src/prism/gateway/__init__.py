@@ -19,8 +19,12 @@ The modules, one job each:
 * :mod:`prism.gateway.auth`: bearer tokens, per-namespace roles, and the table
   of which role each method needs.
 * :mod:`prism.gateway.tls`: PEM files to gRPC credentials, server and client.
+* :mod:`prism.gateway.protection`: load shedding per namespace and a circuit
+  breaker per backend.
+* :mod:`prism.gateway.metrics`: the Prometheus series and their endpoint.
 * :mod:`prism.gateway.server`: the server, health, reflection, graceful drain.
 * :mod:`prism.gateway.command`: the ``prism serve`` command.
+* :mod:`prism.gateway.workers`: ``prism serve --workers N``, N processes on one port.
 * :mod:`prism.gateway.tokens`: the ``prism token new`` command.
 
 This package deliberately imports nothing at import time, so the remote client

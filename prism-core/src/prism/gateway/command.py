@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import structlog
+
 from prism.config import TlsConfig
 from prism.errors import PrismError
 from prism.gateway import DEFAULT_GRACE_S, DEFAULT_LISTEN
@@ -40,6 +42,12 @@ def _grace(value: str) -> float:
     if not 0 <= seconds < float("inf"):  # also refuses nan
         raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds >= 0")
     return seconds
+
+
+def _workers(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 256:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of processes from 1 to 256")
+    return int(value)
 
 
 def add_serve_parser(
@@ -77,6 +85,28 @@ def add_serve_parser(
         metavar="PEM",
         help="require client certificates signed by this CA (mutual TLS); needs --tls-cert and --tls-key",
     )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help=(
+            "serve from N processes sharing the port (SO_REUSEPORT), to use N cores (default 1); "
+            "needs a fixed port and backends that processes can share"
+        ),
+    )
+    p.add_argument(
+        "--metrics-listen",
+        type=_listen,
+        default=None,
+        metavar="HOST:PORT",
+        help=(
+            "serve Prometheus metrics at http://HOST:PORT/metrics (default: gateway.metrics.listen, "
+            "else off); with --workers N, worker k uses PORT+k"
+        ),
+    )
+    # Set by the --workers supervisor for the processes it starts.
+    p.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument(
         "--grace",
         type=_grace,
@@ -122,12 +152,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"prism: error: {exc}", file=sys.stderr)
         return 2
+    if args.workers > 1 and args.worker_index is None:
+        from prism.gateway.workers import supervise
+
+        return supervise(args, config, listen)
+    metrics_listen = args.metrics_listen
+    if args.worker_index is not None:
+        structlog.contextvars.bind_contextvars(worker=args.worker_index)
     # Imported here: the server side (grpc health, reflection) loads only for
     # `prism serve`, not for every `prism` command.
     from prism.gateway.server import run_gateway
 
     try:
-        asyncio.run(run_gateway(config, listen=listen, grace_s=args.grace, tls=tls))
+        asyncio.run(
+            run_gateway(
+                config,
+                listen=listen,
+                grace_s=args.grace,
+                tls=tls,
+                metrics_listen=metrics_listen,
+                reuse_port=args.worker_index is not None,
+            )
+        )
     except OSError as exc:
         print(f"prism: error: {exc}", file=sys.stderr)
         return 1

@@ -37,6 +37,7 @@ from prism.client import AsyncPrism, ConfigSource
 from prism.config import TlsConfig
 from prism.gateway import DEFAULT_GRACE_S, DEFAULT_LISTEN
 from prism.gateway.auth import Authenticator
+from prism.gateway.metrics import GatewayMetrics, MetricsServer
 from prism.gateway.services import AdminService, Calls, KeyValueService, QueueService
 from prism.gateway.subscriptions import Subscriptions
 from prism.gateway.tls import server_credentials
@@ -69,7 +70,9 @@ class Gateway:
     ``start()`` binds and serves; ``port`` is the bound port (useful with
     ``listen="127.0.0.1:0"``); ``stop()`` drains as described in the module
     docstring. The Prism handle is the caller's to close. ``interceptors`` wrap
-    every call (where metrics will plug in).
+    every call. ``metrics`` holds the gateway's Prometheus series; with
+    ``metrics_listen`` (else ``gateway.metrics.listen``) they are served at
+    ``/metrics``. ``reuse_port`` shares the port with other processes.
 
     Auth is ``db.config.gateway.auth``; TLS is ``tls`` when given, else
     ``db.config.gateway.tls``.
@@ -83,6 +86,8 @@ class Gateway:
         grace_s: float = DEFAULT_GRACE_S,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
         tls: TlsConfig | None = None,
+        metrics_listen: str | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.db = db
         self.listen = listen
@@ -92,11 +97,22 @@ class Gateway:
         self.port: int | None = None
         self.subscriptions = Subscriptions()
         self.health = HealthServicer()
-        # No SO_REUSEPORT: grpc enables it by default on Linux, so a second
-        # gateway on a busy port would start "fine" and share its traffic with
-        # a stale one. Refusing the port is the clear error.
-        self._server = grpc.aio.server(interceptors=list(interceptors), options=[("grpc.so_reuseport", 0)])
-        calls = Calls(self.auth)
+        self.metrics = GatewayMetrics()
+        if metrics_listen is None and db.config.gateway.metrics is not None:
+            metrics_listen = db.config.gateway.metrics.listen
+        self.metrics_server = MetricsServer(self.metrics, metrics_listen) if metrics_listen else None
+        limits = db.config.gateway.limits
+        options: list[tuple[str, int]] = [
+            # SO_REUSEPORT only when asked (prism serve --workers): grpc enables
+            # it by default on Linux, so a second gateway on a busy port would
+            # start "fine" and share its traffic with a stale one. Refusing the
+            # port is the clear error.
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+            # Refused by grpc with RESOURCE_EXHAUSTED before it is decoded.
+            ("grpc.max_receive_message_length", int(limits.max_request_bytes)),
+        ]
+        self._server = grpc.aio.server(interceptors=list(interceptors), options=options)
+        self.calls = calls = Calls(db, self.auth, metrics=self.metrics)
         keyvalue_pb2_grpc.add_KeyValueServiceServicer_to_server(KeyValueService(db, calls), self._server)
         queue_pb2_grpc.add_QueueServiceServicer_to_server(
             QueueService(db, calls, self.subscriptions), self._server
@@ -138,6 +154,8 @@ class Gateway:
         if port == 0:
             raise OSError(f"cannot listen on {self.listen}: pick another address with --listen HOST:PORT")
         self.port = port
+        if self.metrics_server is not None:
+            self.metrics_server.start()
         await self._server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -152,6 +170,9 @@ class Gateway:
         await self.health.enter_graceful_shutdown()
         self.subscriptions.stop_all()
         await self._server.stop(grace)
+        if self.metrics_server is not None:
+            # Last: a scrape during the drain still sees the calls finishing.
+            self.metrics_server.stop()
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()
@@ -197,11 +218,15 @@ async def run_gateway(
     stop: asyncio.Event | None = None,
     db: AsyncPrism | None = None,
     tls: TlsConfig | None = None,
+    metrics_listen: str | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Serve ``config`` until SIGTERM or SIGINT (or ``stop`` is set), then drain.
 
     ``db``, when given, is an already opened Prism (its config wins); it is
-    closed on the way out all the same. ``tls`` overrides ``gateway.tls``.
+    closed on the way out all the same. ``tls`` overrides ``gateway.tls``,
+    ``metrics_listen`` overrides ``gateway.metrics.listen``. ``reuse_port``
+    shares the port with other processes (``prism serve --workers``).
     """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -210,7 +235,14 @@ async def run_gateway(
         loop.add_signal_handler(signum, stop.set)
     prism_db = db if db is not None else AsyncPrism(config)
     try:
-        gateway = Gateway(prism_db, listen=listen, grace_s=grace_s, tls=tls)
+        gateway = Gateway(
+            prism_db,
+            listen=listen,
+            grace_s=grace_s,
+            tls=tls,
+            metrics_listen=metrics_listen,
+            reuse_port=reuse_port,
+        )
         await gateway.start()
         _warn_if_exposed(gateway)
         log.info(

@@ -15,6 +15,9 @@ InvalidPageToken
 NamespaceNotFound                           NOT_FOUND            ErrorInfo
 Unsupported, PlanError, WrongAbstraction,   FAILED_PRECONDITION  ErrorInfo (capability, reasons)
 ConfigError
+Overloaded (the namespace's calls in flight  RESOURCE_EXHAUSTED   ErrorInfo (namespace, limit)
+are at gateway.limits.max_concurrency)
+BreakerOpen (the backend's breaker is open) UNAVAILABLE          ErrorInfo (backend, retry_after_s)
 BackendError, ConnectionError, TimeoutError UNAVAILABLE          ErrorInfo
 the client's deadline passed                DEADLINE_EXCEEDED    ErrorInfo
 no token, or one the gateway does not know  UNAUTHENTICATED      RequestInfo only
@@ -39,11 +42,13 @@ from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-unty
 
 from prism.errors import (
     BackendError,
+    BreakerOpen,
     ConfigError,
     InvalidArgument,
     InvalidPageToken,
     LimitExceeded,
     NamespaceNotFound,
+    Overloaded,
     PlanError,
     PrismError,
     Unsupported,
@@ -122,10 +127,12 @@ def _error_info(exc: PrismError) -> error_details_pb2.ErrorInfo:
         value = getattr(exc, name, None)
         if value is not None:
             metadata[name] = str(value)
-    for name in ("limit", "actual"):
+    for name in ("limit", "actual", "failures"):
         value = getattr(exc, name, None)
         if isinstance(value, int):
             metadata[name] = str(value)
+    if isinstance(exc, BreakerOpen):
+        metadata["retry_after_s"] = f"{exc.retry_after_s:.3f}"
     if isinstance(exc, PlanError):
         for backend, why in exc.reasons.items():
             metadata[f"reason.{backend}"] = why
@@ -140,6 +147,8 @@ def code_for(exc: BaseException) -> grpc.StatusCode:
         return grpc.StatusCode.NOT_FOUND
     if isinstance(exc, Unsupported | PlanError | WrongAbstraction | ConfigError):
         return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(exc, Overloaded):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
     if isinstance(exc, BackendError | ConnectionError | TimeoutError):
         # A driver's own timeout: the datastore did not answer in time.
         return grpc.StatusCode.UNAVAILABLE
@@ -241,6 +250,8 @@ _REBUILDABLE: dict[str, type[PrismError]] = {
         WrongAbstraction,
         PlanError,
         Unsupported,
+        Overloaded,
+        BreakerOpen,
     )
 }
 
@@ -254,9 +265,14 @@ def _rebuild(cls: type[PrismError], message: str, info: error_details_pb2.ErrorI
     attributes: dict[str, object] = {}
     for name in ("namespace", "field", "limit_name", "capability", "backend", "abstraction"):
         attributes[name] = meta.get(name)
-    for name in ("limit", "actual"):
+    for name in ("limit", "actual", "failures"):
         text = meta.get(name)
         attributes[name] = int(text) if text is not None and text.lstrip("-").isdigit() else None
+    if cls is BreakerOpen:
+        try:
+            attributes["retry_after_s"] = float(meta.get("retry_after_s", ""))
+        except ValueError:
+            attributes["retry_after_s"] = None
     if cls is PlanError:
         attributes["reasons"] = {
             key.removeprefix("reason."): value for key, value in meta.items() if key.startswith("reason.")
