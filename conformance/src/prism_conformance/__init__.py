@@ -10,7 +10,9 @@ A backend plugin proves itself with one subclass per abstraction it offers::
     class TestMineQueue(QueueSuite):
         backend = {"plugin": "mine", "url": "..."}
 
-and ``pytest``. Every test opens fresh, empty namespaces on that backend through
+and ``pytest``. To run it through a gateway, set
+``gateway = Gateway(target="grpc://HOST:PORT", backend="NAME")`` instead of
+``backend``. Every test opens fresh, empty namespaces on that backend through
 Prism's public API. A test may be turned off only with :func:`opt_out`, which
 the report shows; ``--prism-report-dir DIR`` writes the report (JSON and
 Markdown) with the maturity level that follows from the results. ``prism
@@ -30,6 +32,7 @@ import pytest
 # prism_conformance.runner in a CLI must not import the suite before pytest runs.
 pytest.register_assert_rewrite("prism_conformance.keyvalue", "prism_conformance.queue")
 
+from prism_conformance.harness import Gateway  # noqa: E402
 from prism_conformance.marks import opt_out, requires_capability  # noqa: E402
 
 if TYPE_CHECKING:
@@ -38,7 +41,7 @@ if TYPE_CHECKING:
 
 __version__ = "0.1.0"
 
-__all__ = ["KeyValueSuite", "QueueSuite", "__version__", "opt_out", "requires_capability"]
+__all__ = ["Gateway", "KeyValueSuite", "QueueSuite", "__version__", "opt_out", "requires_capability"]
 
 
 def __getattr__(name: str) -> Any:

@@ -6,6 +6,13 @@ backend under test (named ``under_test``) and one or more namespaces with new,
 unique names, and opens it with :func:`prism.open`. Unique names are what make
 a namespace empty on a backend that keeps data between runs (a database file,
 a server), so no test needs a clean-up step to stay independent.
+
+:class:`GatewayHarness` does the same through a running gateway (``prism
+serve``): it declares each fresh namespace with AdminService.CreateNamespace,
+pinned to the backend under test, and hands the test :func:`prism.connect`
+handles. What a test learns about the backend (capabilities, traits, the
+effective limits) comes from the gateway's answers, so the suite runs from a
+machine without the plugin installed, and proves the gateway transparent.
 """
 
 from __future__ import annotations
@@ -13,15 +20,29 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any, Protocol
 
 import attrs
 
 import prism
+from prism.config import QueueLimits
+from prism.models import (
+    Delivery,
+    IdempotencyToken,
+    ItemsInput,
+    ItemsPage,
+    Message,
+    Mutation,
+    Predicate,
+    RecordsPage,
+)
 from prism.planner import effective_max_value_bytes
 from prism.plugins.manager import PluginSet, load_plugins
-from prism.spi import KeyValueTraits
+from prism.remote import RemoteConsumer, RemoteKeyValue, RemotePrism, RemoteQueue, ServedNamespace
+from prism.spi import KeyValueTraits, QueueTraits
+from prism_conformance.handles import DeliveryRef, KeyValueHandle, PrismHandle, QueueHandle
 
 BACKEND_NAME = "under_test"
 
@@ -58,16 +79,50 @@ def backend_config(backend: Mapping[str, Any]) -> dict[str, Any]:
 class OpenedNamespaces:
     """One open Prism and the fresh KeyValue namespaces declared in it."""
 
-    db: prism.Prism
-    namespaces: tuple[prism.KeyValue, ...]
+    db: PrismHandle
+    namespaces: tuple[KeyValueHandle, ...]
 
 
 @attrs.frozen
 class OpenedQueues:
     """One open Prism and the fresh Queue namespaces declared in it."""
 
-    db: prism.Prism
-    queues: tuple[prism.Queue, ...]
+    db: PrismHandle
+    queues: tuple[QueueHandle, ...]
+
+
+class Harness(Protocol):
+    """What a suite needs from a harness, embedded or through a gateway."""
+
+    @property
+    def backend(self) -> dict[str, Any]:
+        """The backend under test, for the report (no secrets)."""
+        ...
+
+    @property
+    def declared_capabilities(self) -> frozenset[str]: ...
+
+    def open(
+        self,
+        count: int = 1,
+        *,
+        limits: Mapping[str, Any] | None = None,
+        needs: Mapping[str, Any] | None = None,
+    ) -> OpenedNamespaces: ...
+
+    def open_queues(
+        self,
+        count: int = 1,
+        *,
+        queue: Mapping[str, Any] | None = None,
+        needs: Mapping[str, Any] | None = None,
+    ) -> OpenedQueues: ...
+
+    def backend_traits_of(self, kv: KeyValueHandle) -> KeyValueTraits: ...
+
+    def max_value_bytes_of(self, kv: KeyValueHandle) -> int: ...
+
+    def close(self) -> None: ...
 
 
 class NamespaceHarness:
@@ -167,12 +222,17 @@ class NamespaceHarness:
         }
         return prism.open(config, plugins=self.plugins)
 
-    def owner_of(self, kv: prism.KeyValue) -> OpenedNamespaces:
+    def owner_of(self, kv: KeyValueHandle) -> OpenedNamespaces:
         """The Prism a namespace handle of this harness belongs to."""
         for opened in self._opened:
             if isinstance(opened, OpenedNamespaces) and any(handle is kv for handle in opened.namespaces):
                 return opened
         raise ValueError(f"{kv!r} was not opened by this harness")
+
+    def _prism_of(self, kv: KeyValueHandle) -> prism.Prism:
+        db = self.owner_of(kv).db
+        assert isinstance(db, prism.Prism), f"{db!r} is not an embedded Prism"
+        return db
 
     def traits(self, db: prism.Prism) -> KeyValueTraits:
         """What the backend under test offers with its settings, from public
@@ -184,6 +244,14 @@ class NamespaceHarness:
         """The largest value ``namespace`` accepts: its limit or need, else 8 MiB,
         never more than the backend holds (the planner's own rule)."""
         return effective_max_value_bytes(db.config.namespaces[namespace], self.traits(db))
+
+    def backend_traits_of(self, kv: KeyValueHandle) -> KeyValueTraits:
+        """What the backend under ``kv`` offers."""
+        return self.traits(self._prism_of(kv))
+
+    def max_value_bytes_of(self, kv: KeyValueHandle) -> int:
+        """The largest value ``kv`` accepts."""
+        return self.max_value_bytes(self._prism_of(kv), kv.name)
 
     def close(self) -> None:
         """Close every Prism this harness opened, the last one first. Every one
@@ -197,3 +265,296 @@ class NamespaceHarness:
                 failure = failure or exc
         if failure is not None:
             raise failure
+
+
+# -- through a gateway ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class Gateway:
+    """A running gateway and the backend (a name under its ``backends:``) to test
+    through it. The gateway's ``gateway.create_namespaces`` must allow run-time
+    namespaces on that backend.
+
+    ``token``: the bearer token (it needs the ``admin`` grant on the suite's
+    namespace names, ``t_*``; a ``"*"`` grant is simplest); unset, it is read
+    from the environment variable ``token_env``, so it never has to be written
+    into a test module. ``ca``, ``cert``, ``key``: as :func:`prism.connect`."""
+
+    target: str
+    backend: str
+    token: str | None = attrs.field(default=None, repr=False)
+    token_env: str = "PRISM_TOKEN"
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    def connect(self) -> RemotePrism:
+        token = self.token or os.environ.get(self.token_env) or None
+        return prism.connect(self.target, token=token, ca=self.ca, cert=self.cert, key=self.key)
+
+    def describe(self, plugin: str) -> dict[str, Any]:
+        """The backend under test as the report shows it."""
+        return {"plugin": plugin, "gateway": self.target, "backend": self.backend}
+
+
+class GatewayKeyValue:
+    """A gateway KeyValue handle, with what the gateway said about the namespace."""
+
+    def __init__(self, handle: RemoteKeyValue, served: ServedNamespace) -> None:
+        self._handle = handle
+        self.served = served
+
+    def __repr__(self) -> str:
+        return f"<GatewayKeyValue {self.name!r} on {self.served.backend!r}>"
+
+    @property
+    def name(self) -> str:
+        return self._handle.name
+
+    @property
+    def backend_name(self) -> str:
+        return self.served.backend
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return self.served.capabilities
+
+    def put_items(self, record_id: str, items: ItemsInput, *, token: IdempotencyToken | None = None) -> None:
+        self._handle.put_items(record_id, items, token=token)
+
+    def get_items(
+        self,
+        record_id: str,
+        predicate: Predicate | None = None,
+        *,
+        limit: int | None = None,
+        page_size_bytes: int | None = None,
+        page_token: str | None = None,
+    ) -> ItemsPage:
+        return self._handle.get_items(
+            record_id, predicate, limit=limit, page_size_bytes=page_size_bytes, page_token=page_token
+        )
+
+    def delete_items(
+        self, record_id: str, predicate: Predicate | None = None, *, token: IdempotencyToken | None = None
+    ) -> None:
+        self._handle.delete_items(record_id, predicate, token=token)
+
+    def mutate_items(
+        self, record_id: str, mutations: Sequence[Mutation], *, token: IdempotencyToken | None = None
+    ) -> None:
+        self._handle.mutate_items(record_id, mutations, token=token)
+
+    def scan(self, *, limit: int | None = None, page_token: str | None = None) -> RecordsPage:
+        return self._handle.scan(limit=limit, page_token=page_token)
+
+
+class GatewayQueue:
+    """A gateway Queue handle, with what the gateway said about the namespace."""
+
+    def __init__(self, handle: RemoteQueue, served: ServedNamespace) -> None:
+        if served.queue is None or not isinstance(served.traits, QueueTraits):
+            raise AssertionError(
+                f"the gateway described queue namespace {served.name!r} without its queue settings and traits"
+            )
+        self._handle = handle
+        self.served = served
+        self._limits = served.queue
+        self._traits = served.traits
+
+    def __repr__(self) -> str:
+        return f"<GatewayQueue {self.name!r} on {self.served.backend!r}>"
+
+    @property
+    def name(self) -> str:
+        return self._handle.name
+
+    @property
+    def backend_name(self) -> str:
+        return self.served.backend
+
+    @property
+    def capabilities(self) -> frozenset[str]:
+        return self.served.capabilities
+
+    @property
+    def traits(self) -> QueueTraits:
+        return self._traits
+
+    @property
+    def limits(self) -> QueueLimits:
+        return self._limits
+
+    @property
+    def max_message_bytes(self) -> int:
+        """The effective limit, as the gateway computed it."""
+        return int(self._limits.max_message_bytes)
+
+    def dead_letter_topic(self, topic: str) -> str:
+        return topic + self._limits.dead_letter_suffix
+
+    def publish(self, topic: str, messages: Sequence[Message]) -> list[str]:
+        return self._handle.publish(topic, messages)
+
+    def consume(
+        self, topic: str, group: str, max_messages: int = 10, wait: timedelta | float = 0
+    ) -> list[Delivery]:
+        return self._handle.consume(topic, group, max_messages, wait)
+
+    def ack(self, topic: str, group: str, ids: Iterable[DeliveryRef]) -> None:
+        self._handle.ack(topic, group, ids)
+
+    def nack(self, topic: str, group: str, ids: Iterable[DeliveryRef], *, requeue: bool = True) -> None:
+        self._handle.nack(topic, group, ids, requeue=requeue)
+
+    def consumer(self, topic: str, group: str) -> RemoteConsumer:
+        return self._handle.consumer(topic, group)
+
+
+class GatewayPrism:
+    """The harness's connection to the gateway, as a test sees it. A namespace
+    the harness did not create is looked up on the gateway first (GetPlan),
+    so an unknown one is refused with NamespaceNotFound at ``db.keyvalue()``,
+    as embedded, rather than at its first call."""
+
+    def __init__(self, remote: RemotePrism) -> None:
+        self.remote = remote
+        self._keyvalue: dict[str, GatewayKeyValue] = {}
+        self._queue: dict[str, GatewayQueue] = {}
+
+    def adopt_keyvalue(self, served: ServedNamespace) -> GatewayKeyValue:
+        handle = self._keyvalue[served.name] = GatewayKeyValue(self.remote.keyvalue(served.name), served)
+        return handle
+
+    def adopt_queue(self, served: ServedNamespace) -> GatewayQueue:
+        handle = self._queue[served.name] = GatewayQueue(self.remote.queue(served.name), served)
+        return handle
+
+    def keyvalue(self, namespace: str) -> GatewayKeyValue:
+        handle = self._keyvalue.get(namespace)
+        return handle if handle is not None else self.adopt_keyvalue(self.remote.namespace(namespace))
+
+    def queue(self, namespace: str) -> GatewayQueue:
+        handle = self._queue.get(namespace)
+        return handle if handle is not None else self.adopt_queue(self.remote.namespace(namespace))
+
+    def close(self) -> None:
+        self.remote.close()
+
+
+#: Per (target, backend, abstraction): the first namespace the harness created
+#: there, whose answer tells the plugin and its capabilities before a test runs.
+_probes: dict[tuple[str, str, str], ServedNamespace] = {}
+
+
+def probe(gateway: Gateway, abstraction: str) -> ServedNamespace:
+    """What the gateway serves ``abstraction`` with on the backend under test,
+    learnt once per process by declaring one fresh namespace there.
+
+    :raises prism.PrismError: the gateway refused (policy, unknown backend, needs).
+    """
+    key = (gateway.target, gateway.backend, abstraction)
+    served = _probes.get(key)
+    if served is None:
+        remote = gateway.connect()
+        try:
+            served = remote.create_namespace(unique_namespace_name(), abstraction, backend=gateway.backend)
+        finally:
+            remote.close()
+        _probes[key] = served
+    return served
+
+
+class GatewayHarness:
+    """Fresh namespaces through a gateway, one connection per test."""
+
+    def __init__(self, gateway: Gateway, *, abstraction: str = "keyvalue") -> None:
+        if not isinstance(gateway, Gateway):
+            raise TypeError(
+                "gateway must be a prism_conformance.Gateway(target='grpc://HOST:PORT', backend='NAME'), "
+                f"got {gateway!r}"
+            )
+        self.gateway = gateway
+        self.abstraction = abstraction
+        self._db: GatewayPrism | None = None
+
+    @property
+    def backend(self) -> dict[str, Any]:
+        return self.gateway.describe(probe(self.gateway, self.abstraction).plugin)
+
+    @property
+    def plugin_name(self) -> str:
+        return probe(self.gateway, self.abstraction).plugin
+
+    @property
+    def declared_capabilities(self) -> frozenset[str]:
+        """What the gateway says the backend declares."""
+        return probe(self.gateway, self.abstraction).capabilities
+
+    def _connection(self) -> GatewayPrism:
+        if self._db is None:
+            self._db = GatewayPrism(self.gateway.connect())
+        return self._db
+
+    def _create(
+        self, abstraction: str, count: int, **settings: Mapping[str, Any] | None
+    ) -> list[ServedNamespace]:
+        db = self._connection()
+        return [
+            db.remote.create_namespace(
+                unique_namespace_name(), abstraction, backend=self.gateway.backend, **settings
+            )
+            for _ in range(count)
+        ]
+
+    def open(
+        self,
+        count: int = 1,
+        *,
+        limits: Mapping[str, Any] | None = None,
+        needs: Mapping[str, Any] | None = None,
+    ) -> OpenedNamespaces:
+        """``count`` fresh KeyValue namespaces, declared on the gateway and pinned
+        to the backend under test (so unmet needs raise ``PlanError``)."""
+        db = self._connection()
+        served = self._create("keyvalue", count, limits=limits, needs=needs)
+        return OpenedNamespaces(db, tuple(db.adopt_keyvalue(s) for s in served))
+
+    def open_queues(
+        self,
+        count: int = 1,
+        *,
+        queue: Mapping[str, Any] | None = None,
+        needs: Mapping[str, Any] | None = None,
+    ) -> OpenedQueues:
+        """``count`` fresh Queue namespaces, as :meth:`open`."""
+        db = self._connection()
+        served = self._create("queue", count, queue=queue, needs=needs)
+        return OpenedQueues(db, tuple(db.adopt_queue(s) for s in served))
+
+    def _served(self, kv: KeyValueHandle) -> ServedNamespace:
+        if not isinstance(kv, GatewayKeyValue):
+            raise ValueError(f"{kv!r} was not opened by this harness")
+        return kv.served
+
+    def backend_traits_of(self, kv: KeyValueHandle) -> KeyValueTraits:
+        """The backend's traits, as the gateway reported them."""
+        traits = self._served(kv).traits
+        assert isinstance(traits, KeyValueTraits), f"the gateway reported no KeyValue traits for {kv!r}"
+        return traits
+
+    def max_value_bytes_of(self, kv: KeyValueHandle) -> int:
+        """The effective value limit, as the gateway computed it."""
+        limits = self._served(kv).limits
+        assert limits is not None, f"the gateway reported no limits for {kv!r}"
+        assert limits.max_value_bytes is not None, f"the gateway reported no max_value_bytes for {kv!r}"
+        return int(limits.max_value_bytes)
+
+    def close(self) -> None:
+        """Close the connection. The namespaces stay declared on the gateway
+        until it restarts (there is no DeleteNamespace); they are empty or
+        small, and their names are never reused."""
+        if self._db is not None:
+            db, self._db = self._db, None
+            db.close()

@@ -252,6 +252,13 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"Generated {report['generated_at']} by prism-conformance {report['versions']['prism-conformance']} "
         f"against prism-core {report['versions']['prism-core']}.",
         "",
+        *[
+            f"{suite['suite']} ran through the Prism gateway at {suite['backend']['gateway']} "
+            f"(backend {suite['backend'].get('backend')!r}): every namespace was declared with "
+            "CreateNamespace and every operation went over gRPC.\n"
+            for suite in suites
+            if suite["backend"].get("gateway")
+        ],
         "Maturity levels: 0 not conformant, 1 core (every core test passes, undeclared capabilities are "
         "refused), 2 declared (every declared capability's tests pass too), 3 complete (level 2 and "
         "every capability of the abstraction that the core cannot emulate is declared: kv.atomic_mutate "

@@ -1,7 +1,8 @@
 """The fixture contract every suite (KeyValue, Queue) builds on.
 
 A plugin author sets ``backend`` (or overrides the ``prism_backend`` fixture);
-everything else here belongs to the suite and may not be overridden (the guard
+or ``gateway`` to run the suite through a running gateway (``prism serve``)
+against one of its backends. Everything else here belongs to the suite and may not be overridden (the guard
 test of each suite checks that, see :mod:`prism_conformance.guard`). What
 differs between abstractions is which namespaces a test opens and how an
 undeclared capability is shown to be refused (:meth:`ConformanceSuiteBase._verify_refusal`).
@@ -22,7 +23,7 @@ import pytest
 
 from prism.plugins.manager import PluginSet
 from prism_conformance import report
-from prism_conformance.harness import NamespaceHarness, default_plugins
+from prism_conformance.harness import Gateway, GatewayHarness, Harness, NamespaceHarness, default_plugins
 from prism_conformance.marks import (
     CORE,
     NOT_APPLICABLE_KEY,
@@ -52,8 +53,13 @@ class ConformanceSuiteBase:
     #: Seconds one test may take before it fails (None: no limit). Generous:
     #: the slowest test takes a few seconds on a local backend.
     time_limit: ClassVar[float | None] = 120.0
+    #: Run through a gateway instead of in process: ``Gateway(target="grpc://HOST:PORT",
+    #: backend="NAME")``, NAME a backend in the gateway's prism.yaml. Each fresh
+    #: namespace is then declared with CreateNamespace and used with prism.connect;
+    #: ``backend`` and ``plugins`` are not used.
+    gateway: ClassVar[Gateway | None] = None
 
-    _harness: NamespaceHarness
+    _harness: Harness
 
     @pytest.fixture
     def prism_backend(self, tmp_path: Path) -> Mapping[str, Any]:
@@ -63,6 +69,9 @@ class ConformanceSuiteBase:
         def prism_backend(self, tmp_path):
             return {"plugin": "sqlite", "path": str(tmp_path / "prism.db")}
         """
+        gateway = type(self).gateway
+        if gateway is not None:
+            return {"gateway": gateway.target, "backend": gateway.backend}
         if self.backend is None:
             pytest.fail(
                 f"{type(self).__name__}: set the class attribute backend = {{'plugin': ..., ...}} "
@@ -78,9 +87,14 @@ class ConformanceSuiteBase:
         """Give the test its harness, bound its time, and settle capability tests
         first: a test of a capability the backend does not declare checks the
         refusal and is then reported as not applicable."""
-        harness = NamespaceHarness(
-            prism_backend, type(self).plugins or default_plugins(), abstraction=type(self).abstraction
-        )
+        gateway = type(self).gateway
+        harness: Harness
+        if gateway is not None:
+            harness = GatewayHarness(gateway, abstraction=type(self).abstraction)
+        else:
+            harness = NamespaceHarness(
+                prism_backend, type(self).plugins or default_plugins(), abstraction=type(self).abstraction
+            )
         request.node.user_properties.append(
             (report.PROP_BACKEND, json.dumps(report.redact_settings(harness.backend), default=str))
         )

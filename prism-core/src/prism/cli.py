@@ -128,11 +128,40 @@ def cmd_conformance(args: argparse.Namespace) -> int:
             "the conformance suite is not installed; run `pip install prism-conformance` and try again"
         ) from None
     run: Callable[..., int] = runner.run
+    if args.target is None:
+        tls = [
+            flag
+            for flag, value in (
+                ("--token", args.token),
+                ("--ca", args.ca),
+                ("--cert", args.cert),
+                ("--key", args.key),
+            )
+            if value is not None
+        ]
+        if tls:
+            raise CliError(f"{', '.join(tls)} only apply with --target grpc://HOST:PORT (a gateway)")
+        return run(
+            args.backend,
+            config_path=_config_arg(args),
+            abstraction=args.abstraction,
+            report_dir=args.report_dir,
+        )
+    if args.config is not None:
+        raise CliError(
+            "give --target or --config, not both: through a gateway, BACKEND names a backend in the "
+            "gateway's own configuration"
+        )
     return run(
         args.backend,
-        config_path=_config_arg(args),
+        config_path=None,
         abstraction=args.abstraction,
         report_dir=args.report_dir,
+        target=args.target,
+        token=args.token,
+        ca=args.ca,
+        cert=args.cert,
+        key=args.key,
     )
 
 
@@ -407,7 +436,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--abstraction", default="keyvalue", choices=["keyvalue", "queue"])
     p.add_argument("--report-dir", default="conformance-report", metavar="DIR")
-    p.add_argument("backend", metavar="BACKEND", help="a backend named in the config, or a plugin name")
+    p.add_argument(
+        "--target",
+        metavar="grpc://HOST:PORT",
+        help="run through this gateway (prism serve); BACKEND then names a backend in its configuration, "
+        "and its gateway.create_namespaces must allow run-time namespaces",
+    )
+    p.add_argument(
+        "--token", help="with --target: the bearer token, with the admin grant (default: $PRISM_TOKEN)"
+    )
+    p.add_argument("--ca", metavar="FILE", help="with a grpcs:// --target: the CA that signed the gateway")
+    p.add_argument("--cert", metavar="FILE", help="with a grpcs:// --target: a client certificate")
+    p.add_argument("--key", metavar="FILE", help="with --cert: its private key")
+    p.add_argument(
+        "backend",
+        metavar="BACKEND",
+        help="a backend named in the config, or a plugin name; with --target, a backend of the gateway",
+    )
     p.set_defaults(func=cmd_conformance)
 
     add_serve_parser(sub)

@@ -24,7 +24,7 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 
-from prism.config import Config, QueueLimits, resolve_config
+from prism.config import Config, NamespaceConfig, QueueLimits, resolve_config
 from prism.keyvalue.namespace import AsyncKeyValue
 from prism.models import (
     Delivery,
@@ -39,7 +39,7 @@ from prism.models import (
 from prism.planner import NamespacePlan
 from prism.plugins.manager import PluginSet, load_plugins
 from prism.queue.namespace import AsyncConsumer, AsyncQueue, DeliveryRef
-from prism.runtime import Runtime
+from prism.runtime import Runtime, namespace_from_mapping
 from prism.spi import KeyValueTraits, QueueTraits
 
 T = TypeVar("T")
@@ -75,6 +75,31 @@ class AsyncPrism:
     def plan(self, namespace: str) -> NamespacePlan:
         """Which backend serves ``namespace``, and why."""
         return self._runtime.plan(namespace)
+
+    async def declare(
+        self, namespace: str, declaration: NamespaceConfig | Mapping[str, Any]
+    ) -> NamespacePlan:
+        """Declare ``namespace`` now, as an entry under ``namespaces:`` would
+        (a mapping in the same form, e.g. ``{"abstraction": "keyvalue",
+        "needs": {"ttl": "1d"}}``, or a NamespaceConfig), then plan and
+        provision it. It lasts as long as this handle; the data stays on the
+        backend. Declaring it again with the same settings is a no-op.
+
+        :raises prism.InvalidArgument: settings prism.yaml would refuse.
+        :raises prism.runtime.NamespaceConflict: declared already with other settings.
+        :raises prism.PlanError: no configured backend meets its needs.
+        """
+        ns = (
+            declaration
+            if isinstance(declaration, NamespaceConfig)
+            else namespace_from_mapping(namespace, declaration, self.config)
+        )
+        chosen, _ = await self._runtime.declare(namespace, ns)
+        return chosen
+
+    def namespaces(self) -> dict[str, NamespaceConfig]:
+        """Every declared namespace: those of prism.yaml, then those declared at run time."""
+        return self._runtime.namespaces()
 
     async def close(self) -> None:
         await self._runtime.close()
@@ -375,6 +400,10 @@ class Prism:
 
     def plan(self, namespace: str) -> NamespacePlan:
         return self._async.plan(namespace)
+
+    def declare(self, namespace: str, declaration: NamespaceConfig | Mapping[str, Any]) -> NamespacePlan:
+        """Declare a namespace now; see :meth:`AsyncPrism.declare`."""
+        return self._portal.run(self._async.declare(namespace, declaration))
 
     def close(self) -> None:
         if self._closed:

@@ -3,19 +3,34 @@
 One runtime belongs to one event loop. Backends are created when a namespace
 planned onto them is first opened, started and provisioned before its first
 operation, and closed with the runtime.
+
+Namespaces come from ``prism.yaml`` and, at run time, from :meth:`Runtime.declare`
+(the gateway's AdminService.CreateNamespace). ``Config`` is frozen and shared, so
+run-time declarations live in the runtime beside it and last as long as the
+runtime does; their data stays on the backend, so declaring the same namespace
+again in a new process reattaches it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import timedelta
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import attrs
 
-from prism.config import NAMESPACE_NAME, Config, NamespaceConfig
-from prism.errors import InvalidArgument, NamespaceNotFound, WrongAbstraction
+from prism.config import (
+    NAMESPACE_NAME,
+    Config,
+    NamespaceConfig,
+    _abstraction_problems,
+    flatten_errors,
+    structure,
+)
+from prism.errors import InvalidArgument, NamespaceNotFound, PrismError, WrongAbstraction
 from prism.keyvalue.namespace import AsyncKeyValue
 from prism.pagetokens import PageTokenSigner
 from prism.planner import (
@@ -27,6 +42,7 @@ from prism.planner import (
 from prism.plugins.manager import PluginSet
 from prism.queue.namespace import AsyncQueue
 from prism.spi import KeyValueBackend, QueueBackend
+from prism.units import format_duration
 
 #: What the runtime starts, provisions and closes; the SPIs share these methods.
 AnyBackend = KeyValueBackend | QueueBackend
@@ -46,6 +62,89 @@ def resolve_settings_paths(settings: Any, base_dir: Path) -> Any:
     return attrs.evolve(settings, **changes) if changes else settings
 
 
+class NamespaceConflict(PrismError):
+    """A run-time declaration names a namespace that is already in place with
+    other settings (declared earlier, or in ``prism.yaml``). ``differences``
+    lists each setting that differs, as ``path: in place X, declared Y``."""
+
+    def __init__(self, namespace: str, where: str, differences: list[str]) -> None:
+        self.namespace = namespace
+        self.differences = list(differences)
+        detail = "; ".join(differences)
+        super().__init__(
+            f"namespace {namespace!r} is already declared {where} with other settings ({detail}); "
+            "declare it with the same settings, or pick another name"
+        )
+
+
+def _shown(value: object) -> str:
+    if isinstance(value, timedelta):
+        return format_duration(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return "unset" if value is None else str(value)
+
+
+def differences(in_place: object, declared: object, path: str = "") -> list[str]:
+    """Each setting where two namespace configurations differ, by its
+    ``prism.yaml`` path (``limits.max_key_bytes``)."""
+    cls: Any = type(in_place)
+    if attrs.has(cls) and cls is type(declared):
+        out: list[str] = []
+        for field in attrs.fields(cls):
+            step = f"{path}.{field.name}" if path else field.name
+            out += differences(getattr(in_place, field.name), getattr(declared, field.name), step)
+        return out
+    if in_place == declared:
+        return []
+    return [f"{path}: in place {_shown(in_place)}, declared {_shown(declared)}"]
+
+
+def _declaration_problems(name: str, ns: NamespaceConfig, config: Config) -> list[str]:
+    """What ``parse_config`` would say about this entry under ``namespaces:``."""
+    path = f"namespaces.{name}"
+    problems: list[str] = []
+    if not isinstance(name, str) or not NAMESPACE_NAME.fullmatch(name):
+        problems.append(
+            f"{path}: namespace names are 1-48 lowercase letters, digits and '_', starting with a letter"
+        )
+    if ns.backend is not None and ns.backend not in config.backends:
+        known = ", ".join(config.backends) or "none configured"
+        problems.append(f"{path}.backend: no backend is named {ns.backend!r} (backends: {known})")
+    return problems + _abstraction_problems(path, ns)
+
+
+def _invalid(name: str, problems: list[str]) -> InvalidArgument:
+    """One InvalidArgument for every problem, its ``field`` the first one's path
+    inside the namespace entry (``limits.max_key_bytes``; ``name`` for the name)."""
+    prefix = f"namespaces.{name}"
+    first = problems[0].split(":", 1)[0]
+    field = first.removeprefix(prefix).lstrip(".") or "name"
+    noun = "problem" if len(problems) == 1 else "problems"
+    return InvalidArgument(
+        f"invalid namespace declaration ({len(problems)} {noun}): " + "; ".join(problems),
+        namespace=name if NAMESPACE_NAME.fullmatch(name) else None,
+        field=field,
+    )
+
+
+def namespace_from_mapping(name: str, body: Mapping[str, Any], config: Config) -> NamespaceConfig:
+    """A namespace entry as ``prism.yaml`` holds it (``{"abstraction": "queue",
+    "queue": {"visibility_timeout": "2s"}}``), checked exactly as
+    :func:`prism.config.parse_config` checks it, with the same messages.
+
+    :raises InvalidArgument: listing every problem; ``field`` names the first.
+    """
+    try:
+        ns: NamespaceConfig = structure(body, NamespaceConfig)
+    except Exception as exc:
+        raise _invalid(name, flatten_errors(exc, f"namespaces.{name}")) from None
+    problems = _declaration_problems(name, ns, config)
+    if problems:
+        raise _invalid(name, problems)
+    return ns
+
+
 class Runtime:
     def __init__(self, config: Config, plugins: PluginSet) -> None:
         self.config = config
@@ -59,10 +158,68 @@ class Runtime:
         self._provisioned: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         self._keyvalue: dict[str, AsyncKeyValue] = {}
         self._queue: dict[str, AsyncQueue] = {}
+        #: Namespaces declared at run time (:meth:`declare`), beside config.namespaces.
+        self._declared: dict[str, NamespaceConfig] = {}
+        #: Per (abstraction, namespace): what makes its backend started and provisioned.
+        self._readiness: dict[tuple[str, str], Callable[[], Awaitable[None]]] = {}
         self._closed = False
 
-    def namespace_config(self, name: str, abstraction: str) -> NamespaceConfig:
+    def _lookup(self, name: str) -> NamespaceConfig | None:
         ns = self.config.namespaces.get(name)
+        return ns if ns is not None else self._declared.get(name)
+
+    @property
+    def declared(self) -> Mapping[str, NamespaceConfig]:
+        """The namespaces declared at run time, read-only."""
+        return MappingProxyType(self._declared)
+
+    def namespaces(self) -> dict[str, NamespaceConfig]:
+        """Every declared namespace: ``prism.yaml``'s, then the run-time ones."""
+        return {**self.config.namespaces, **self._declared}
+
+    async def declare(self, name: str, ns: NamespaceConfig) -> tuple[NamespacePlan, bool]:
+        """Declare ``name`` at run time, plan it and provision it; returns its
+        plan and whether it is new.
+
+        The same settings again are a success (a client declares its namespaces
+        at every start-up). The declaration lasts as long as this runtime; the
+        data stays on the backend, so declaring it again later reattaches it.
+
+        :raises InvalidArgument: settings ``prism.yaml`` would refuse.
+        :raises NamespaceConflict: ``name`` is in place with other settings.
+        :raises PlanError: no configured backend meets the needs.
+        """
+        problems = _declaration_problems(name, ns, self.config)
+        if problems:
+            raise _invalid(name, problems)
+        in_file = self.config.namespaces.get(name)
+        in_place = in_file if in_file is not None else self._declared.get(name)
+        if in_place is not None and in_place != ns:
+            where = "in prism.yaml" if in_file is not None else "at run time"
+            raise NamespaceConflict(name, where, differences(in_place, ns))
+        chosen = plan_namespace(name, ns, self.config, self.plugins.registry)
+        new = in_place is None
+        if new:
+            # Registered before the first await, so a concurrent declaration of
+            # the same name sees it; a handle planned earlier (auto_namespaces)
+            # is dropped, so the next one uses the declared settings.
+            self._declared[name] = ns
+            self._keyvalue.pop(name, None)
+            self._queue.pop(name, None)
+        await self.ready(name, ns.abstraction)
+        return chosen, new
+
+    async def ready(self, name: str, abstraction: str) -> None:
+        """Start the backend serving ``name`` and provision the namespace, as
+        its first operation would."""
+        if abstraction == "queue":
+            self.queue(name)
+        else:
+            self.keyvalue(name)
+        await self._readiness[(abstraction, name)]()
+
+    def namespace_config(self, name: str, abstraction: str) -> NamespaceConfig:
+        ns = self._lookup(name)
         if ns is None:
             if not self.config.auto_namespaces:
                 raise NamespaceNotFound(name, list(self.config.namespaces))
@@ -83,7 +240,7 @@ class Runtime:
         ``abstraction`` defaults to the declared one (KeyValue for an undeclared
         namespace)."""
         if abstraction is None:
-            declared = self.config.namespaces.get(name)
+            declared = self._lookup(name)
             abstraction = declared.abstraction if declared is not None else "keyvalue"
         return plan_namespace(
             name, self.namespace_config(name, abstraction), self.config, self.plugins.registry
@@ -127,6 +284,8 @@ class Runtime:
                 "keyvalue", chosen.backend, backend, name, lambda: backend.provision(name)
             )
 
+        self._readiness[("keyvalue", name)] = ensure_ready
+
         handle = self._keyvalue[name] = AsyncKeyValue(
             name,
             ns,
@@ -158,6 +317,8 @@ class Runtime:
             await self._ensure_ready(
                 "queue", chosen.backend, backend, name, lambda: backend.provision(name, ns)
             )
+
+        self._readiness[("queue", name)] = ensure_ready
 
         handle = self._queue[name] = AsyncQueue(
             name,

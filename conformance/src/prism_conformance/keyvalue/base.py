@@ -16,6 +16,7 @@ import pytest
 import prism
 from prism import Put, capabilities
 from prism.spi import KeyValueTraits
+from prism_conformance.handles import KeyValueHandle
 from prism_conformance.harness import OpenedNamespaces
 from prism_conformance.suite_base import ConformanceSuiteBase, time_limit
 
@@ -27,7 +28,7 @@ PROBE_RECORD = "prism-conformance-refusal-probe"
 #: How to call the operation behind each capability the core does not emulate.
 #: When the backend does not declare the capability, the call must raise
 #: ``prism.Unsupported`` and leave nothing behind.
-REFUSAL_PROBES: dict[str, Callable[[prism.KeyValue], object]] = {
+REFUSAL_PROBES: dict[str, Callable[[KeyValueHandle], object]] = {
     capabilities.KV_SCAN: lambda kv: kv.scan(),
     capabilities.KV_ATOMIC_MUTATE: lambda kv: kv.mutate_items(PROBE_RECORD, [Put(b"probe", b"value")]),
 }
@@ -41,7 +42,7 @@ class SuiteBase(ConformanceSuiteBase):
     abstraction: ClassVar[str] = "keyvalue"
 
     @pytest.fixture
-    def kv(self, prism_harness: None) -> prism.KeyValue:
+    def kv(self, prism_harness: None) -> KeyValueHandle:
         """A fresh, empty namespace with default limits and no declared needs."""
         return self.open_namespace()
 
@@ -49,14 +50,14 @@ class SuiteBase(ConformanceSuiteBase):
 
     def open_namespace(
         self, *, limits: Mapping[str, Any] | None = None, needs: Mapping[str, Any] | None = None
-    ) -> prism.KeyValue:
+    ) -> KeyValueHandle:
         """A fresh, empty namespace with these ``limits`` and ``needs`` (as in
         ``prism.yaml``, e.g. ``limits={"max_key_bytes": 16}``, ``needs={"ttl": "1s"}``)."""
         return self._harness.open(1, limits=limits, needs=needs).namespaces[0]
 
     def open_namespaces(
         self, count: int, *, limits: Mapping[str, Any] | None = None, needs: Mapping[str, Any] | None = None
-    ) -> tuple[prism.KeyValue, ...]:
+    ) -> tuple[KeyValueHandle, ...]:
         """``count`` fresh namespaces in one Prism, sharing one backend instance."""
         return self._harness.open(count, limits=limits, needs=needs).namespaces
 
@@ -70,13 +71,13 @@ class SuiteBase(ConformanceSuiteBase):
         """Like :meth:`open_namespaces`, with the Prism handle too."""
         return self._harness.open(count, limits=limits, needs=needs)
 
-    def backend_traits(self, kv: prism.KeyValue) -> KeyValueTraits:
+    def backend_traits(self, kv: KeyValueHandle) -> KeyValueTraits:
         """What the backend under ``kv`` offers (``max_item_bytes`` and so on)."""
-        return self._harness.traits(self._harness.owner_of(kv).db)
+        return self._harness.backend_traits_of(kv)
 
-    def max_value_bytes(self, kv: prism.KeyValue) -> int:
+    def max_value_bytes(self, kv: KeyValueHandle) -> int:
         """The largest value ``kv`` accepts."""
-        return self._harness.max_value_bytes(self._harness.owner_of(kv).db, kv.name)
+        return self._harness.max_value_bytes_of(kv)
 
     def _verify_refusal(self, capability: str) -> str:
         """Check that an undeclared capability is refused; say why the test

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import prism
 from prism import Item, KeyRange, Keys
+from prism_conformance.handles import KeyValueHandle
 from prism_conformance.keyvalue.base import SuiteBase
 from prism_conformance.keyvalue.support import (
     Tokens,
@@ -26,7 +27,7 @@ REPLACEMENTS = 12
 
 
 class ChunkingTests(SuiteBase):
-    def _sizes(self, kv: prism.KeyValue) -> tuple[int, int]:
+    def _sizes(self, kv: KeyValueHandle) -> tuple[int, int]:
         """(max_item_bytes, a chunked size: about 2.5 rows' worth, with a ragged
         last chunk), or skip when the backend stores every allowed value whole."""
         item = self.backend_traits(kv).max_item_bytes
@@ -38,12 +39,12 @@ class ChunkingTests(SuiteBase):
             )
         return item, min(2 * item + item // 2 + 7, largest)
 
-    def _assert_value(self, kv: prism.KeyValue, record: str, key: bytes, expected: bytes) -> None:
+    def _assert_value(self, kv: KeyValueHandle, record: str, key: bytes, expected: bytes) -> None:
         got = kv.get_items(record, Keys([key])).as_dict().get(key)
         assert got is not None, f"record {record!r}: the large value under {key!r} is missing"
         assert got == expected, f"record {record!r}, key {key!r}: {describe_bytes_difference(got, expected)}"
 
-    def test_chunked_value_round_trips_byte_for_byte(self, kv: prism.KeyValue) -> None:
+    def test_chunked_value_round_trips_byte_for_byte(self, kv: KeyValueHandle) -> None:
         item, size = self._sizes(kv)
         largest = self.max_value_bytes(kv)
         values = {
@@ -67,7 +68,7 @@ class ChunkingTests(SuiteBase):
         assert [i.key for i in ranged] == [b"large"]
         assert ranged[0].value == values[b"large"]
 
-    def test_replacing_chunked_values(self, kv: prism.KeyValue) -> None:
+    def test_replacing_chunked_values(self, kv: KeyValueHandle) -> None:
         item, size = self._sizes(kv)
         sequence = [
             random_bytes("a", size),
@@ -81,7 +82,7 @@ class ChunkingTests(SuiteBase):
             kv.put_items("r", {b"k": value, b"step": str(step).encode()})
             self._assert_value(kv, "r", b"k", value)
 
-    def test_older_chunked_write_does_not_replace_a_newer_one(self, kv: prism.KeyValue) -> None:
+    def test_older_chunked_write_does_not_replace_a_newer_one(self, kv: KeyValueHandle) -> None:
         _, size = self._sizes(kv)
         tokens = Tokens()
         newer, older = random_bytes("newer", size), random_bytes("older", size)
@@ -94,7 +95,7 @@ class ChunkingTests(SuiteBase):
         kv.put_items("r", {b"big": older}, token=tokens.at(10))
         self._assert_value(kv, "r", b"big", newer)
 
-    def test_deleting_a_chunked_value(self, kv: prism.KeyValue) -> None:
+    def test_deleting_a_chunked_value(self, kv: KeyValueHandle) -> None:
         _, size = self._sizes(kv)
         kv.put_items("r", {b"big": random_bytes("x", size), b"keep": b"v"})
         kv.delete_items("r", Keys([b"big"]))
@@ -105,7 +106,7 @@ class ChunkingTests(SuiteBase):
         kv.delete_items("r")
         assert list(kv.get_items("r").items) == []
 
-    def test_chunked_values_count_their_full_size_in_pages(self, kv: prism.KeyValue) -> None:
+    def test_chunked_values_count_their_full_size_in_pages(self, kv: KeyValueHandle) -> None:
         _, size = self._sizes(kv)
         kv.put_items("r", {b"a": b"x" * 9, b"big": random_bytes("big", size), b"c": b"y" * 9})
         pages = item_pages(kv, "r", page_size_bytes=size)
@@ -113,7 +114,7 @@ class ChunkingTests(SuiteBase):
             "a chunked value counts its whole size (not its row's) against page_size_bytes"
         )
 
-    def test_chunked_value_with_ttl_expires(self, kv: prism.KeyValue) -> None:
+    def test_chunked_value_with_ttl_expires(self, kv: KeyValueHandle) -> None:
         _, size = self._sizes(kv)
         kept = random_bytes("kept", size)
         kv.put_items(
@@ -127,7 +128,7 @@ class ChunkingTests(SuiteBase):
         kv.put_items("r", {b"expiring": b"written again"})
         self._assert_value(kv, "r", b"expiring", b"written again")
 
-    def test_concurrent_reader_never_sees_a_partial_chunked_value(self, kv: prism.KeyValue) -> None:
+    def test_concurrent_reader_never_sees_a_partial_chunked_value(self, kv: KeyValueHandle) -> None:
         """A writer replaces a multi-chunk value again and again with distinct
         values of the same size (so a length check cannot catch a mix); readers
         must only ever see one whole value."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import random
 
-import prism
 from prism import Item, KeyRange, Keys, capabilities
+from prism_conformance.handles import KeyValueHandle
 from prism_conformance.keyvalue.base import SuiteBase
 from prism_conformance.keyvalue.support import all_items, keys_of, pairs, scanned_ids
 
@@ -34,14 +34,14 @@ EDGE_KEYS = (
 
 
 class CrudTests(SuiteBase):
-    def test_fresh_namespace_is_empty(self, kv: prism.KeyValue) -> None:
+    def test_fresh_namespace_is_empty(self, kv: KeyValueHandle) -> None:
         page = kv.get_items("any-record")
         assert list(page.items) == [], f"a fresh namespace returned items: {page.items!r}"
         assert page.next_page_token is None
         if capabilities.KV_SCAN in kv.capabilities:
             assert scanned_ids(kv) == [], "a scan of a fresh namespace listed records"
 
-    def test_put_then_get_returns_items_in_key_order(self, kv: prism.KeyValue) -> None:
+    def test_put_then_get_returns_items_in_key_order(self, kv: KeyValueHandle) -> None:
         kv.put_items("r", {b"b": b"2", b"c": b"3", b"a": b"1"})
         page = kv.get_items("r")
         assert pairs(page.items) == [(b"a", b"1"), (b"b", b"2"), (b"c", b"3")]
@@ -50,19 +50,19 @@ class CrudTests(SuiteBase):
             "items written without a TTL got an expiry"
         )
 
-    def test_put_overwrites_items_and_keeps_the_others(self, kv: prism.KeyValue) -> None:
+    def test_put_overwrites_items_and_keeps_the_others(self, kv: KeyValueHandle) -> None:
         kv.put_items("r", {b"a": b"1", b"b": b"2"})
         kv.put_items("r", {b"b": b"two", b"c": b"3"})
         assert pairs(all_items(kv, "r")) == [(b"a", b"1"), (b"b", b"two"), (b"c", b"3")]
 
-    def test_get_of_a_missing_record_is_empty(self, kv: prism.KeyValue) -> None:
+    def test_get_of_a_missing_record_is_empty(self, kv: KeyValueHandle) -> None:
         kv.put_items("present", {b"k": b"v"})
         for predicate in (None, Keys([b"k"]), KeyRange(b"a", b"z")):
             page = kv.get_items("absent", predicate)
             assert list(page.items) == [], predicate
             assert page.next_page_token is None, predicate
 
-    def test_empty_value_is_stored_and_differs_from_a_missing_item(self, kv: prism.KeyValue) -> None:
+    def test_empty_value_is_stored_and_differs_from_a_missing_item(self, kv: KeyValueHandle) -> None:
         kv.put_items("r", {b"empty": b"", b"full": b"x"})
         assert pairs(kv.get_items("r").items) == [(b"empty", b""), (b"full", b"x")]
         assert pairs(kv.get_items("r", Keys([b"empty", b"absent"])).items) == [(b"empty", b"")]
@@ -70,7 +70,7 @@ class CrudTests(SuiteBase):
         kv.put_items("r", {b"full": b"", b"empty": b"now set"})
         assert pairs(kv.get_items("r").items) == [(b"empty", b"now set"), (b"full", b"")]
 
-    def test_binary_keys_sort_bytewise_unsigned(self, kv: prism.KeyValue) -> None:
+    def test_binary_keys_sort_bytewise_unsigned(self, kv: KeyValueHandle) -> None:
         shuffled = list(EDGE_KEYS)
         random.Random(1).shuffle(shuffled)
         # One record written in one call, another key by key: both orders must hold.
@@ -95,7 +95,7 @@ class CrudTests(SuiteBase):
                 f"{record}: paging one item at a time changed the order"
             )
 
-    def test_binary_values_round_trip(self, kv: prism.KeyValue) -> None:
+    def test_binary_values_round_trip(self, kv: KeyValueHandle) -> None:
         values = {
             b"every-byte": bytes(range(256)),
             b"nuls": b"\x00" * 64,
@@ -106,11 +106,11 @@ class CrudTests(SuiteBase):
         kv.put_items("r", values)
         assert dict(pairs(kv.get_items("r").items)) == values
 
-    def test_str_keys_and_values_are_stored_as_utf8(self, kv: prism.KeyValue) -> None:
+    def test_str_keys_and_values_are_stored_as_utf8(self, kv: KeyValueHandle) -> None:
         kv.put_items("r", {"ключ": "значение", "k": "v"})
         assert pairs(kv.get_items("r").items) == [(b"k", b"v"), ("ключ".encode(), "значение".encode())]
 
-    def test_records_are_independent(self, kv: prism.KeyValue) -> None:
+    def test_records_are_independent(self, kv: KeyValueHandle) -> None:
         # Ids that are prefixes of one another, as a naive key layout would confuse.
         records = ["user:1", "user:10", "user:1:", "user", "user:1\t", "User:1", "USER:1"]
         for record in records:
@@ -124,7 +124,7 @@ class CrudTests(SuiteBase):
         for record in records[1:]:
             assert kv.get_items(record, Keys([b"k"])).as_dict() == {b"k": record.encode()}, record
 
-    def test_record_ids_may_be_any_unicode_text(self, kv: prism.KeyValue) -> None:
+    def test_record_ids_may_be_any_unicode_text(self, kv: KeyValueHandle) -> None:
         records = [
             "ü",
             "日本語",
@@ -157,12 +157,12 @@ class CrudTests(SuiteBase):
             first.put_items("only-in-first", {b"k": b"v"})
             assert scanned_ids(second) == ["shared-id"], "a scan listed another namespace's records"
 
-    def test_isolation_1_writes_a_probe(self, kv: prism.KeyValue) -> None:
+    def test_isolation_1_writes_a_probe(self, kv: KeyValueHandle) -> None:
         """Writes a record the next test must not see (they run in this order)."""
         kv.put_items(LEAK_PROBE_RECORD, {b"probe": b"written by an earlier test"})
         assert kv.get_items(LEAK_PROBE_RECORD).as_dict() == {b"probe": b"written by an earlier test"}
 
-    def test_isolation_2_the_probe_is_gone(self, kv: prism.KeyValue) -> None:
+    def test_isolation_2_the_probe_is_gone(self, kv: KeyValueHandle) -> None:
         """Runs after the probe was written: a fresh namespace must not show it."""
         assert list(kv.get_items(LEAK_PROBE_RECORD).items) == [], (
             "data leaked from an earlier test's namespace"

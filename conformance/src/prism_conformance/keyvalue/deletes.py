@@ -6,6 +6,7 @@ import pytest
 
 import prism
 from prism import AllItems, KeyRange, Keys, capabilities
+from prism_conformance.handles import KeyValueHandle
 from prism_conformance.keyvalue.base import SuiteBase
 from prism_conformance.keyvalue.support import all_items, item_pages, keys_of, scanned_ids
 
@@ -13,7 +14,7 @@ LETTERS = [bytes([c]) for c in b"abcdef"]
 
 
 class DeleteTests(SuiteBase):
-    def test_delete_without_a_predicate_removes_the_whole_record(self, kv: prism.KeyValue) -> None:
+    def test_delete_without_a_predicate_removes_the_whole_record(self, kv: KeyValueHandle) -> None:
         kv.put_items("doomed", {k: k for k in LETTERS})
         kv.put_items("neighbour", {b"a": b"stays"})
         kv.delete_items("doomed")
@@ -27,12 +28,12 @@ class DeleteTests(SuiteBase):
         kv.delete_items("again", AllItems())
         assert list(kv.get_items("again").items) == []
 
-    def test_delete_by_keys_ignores_missing_keys(self, kv: prism.KeyValue) -> None:
+    def test_delete_by_keys_ignores_missing_keys(self, kv: KeyValueHandle) -> None:
         kv.put_items("r", {k: k for k in LETTERS})
         kv.delete_items("r", Keys([b"b", b"zz", b"d", b"\x00"]))
         assert keys_of(kv.get_items("r").items) == [b"a", b"c", b"e", b"f"]
 
-    def test_delete_by_range_removes_start_and_keeps_end(self, kv: prism.KeyValue) -> None:
+    def test_delete_by_range_removes_start_and_keeps_end(self, kv: KeyValueHandle) -> None:
         kv.put_items("r", {k: k for k in LETTERS})
         kv.delete_items("r", KeyRange(b"b", b"e"))
         assert keys_of(kv.get_items("r").items) == [b"a", b"e", b"f"], "[b, e) deletes b, c, d and keeps e"
@@ -43,13 +44,13 @@ class DeleteTests(SuiteBase):
         kv.delete_items("r", KeyRange(b"e", b"e"))
         assert keys_of(kv.get_items("r").items) == [b"e"], "an empty range deletes nothing"
 
-    def test_delete_by_range_with_binary_edge_keys(self, kv: prism.KeyValue) -> None:
+    def test_delete_by_range_with_binary_edge_keys(self, kv: KeyValueHandle) -> None:
         edges = [b"\x00", b"\x00\x00", b"\x01", b"\xff", b"\xff\xff"]
         kv.put_items("r", {k: b"v" for k in edges})
         kv.delete_items("r", KeyRange(b"\x00\x00", b"\xff"))
         assert keys_of(kv.get_items("r").items) == [b"\x00", b"\xff", b"\xff\xff"]
 
-    def test_delete_by_range_across_many_items(self, kv: prism.KeyValue) -> None:
+    def test_delete_by_range_across_many_items(self, kv: KeyValueHandle) -> None:
         keys = [f"{i:05d}".encode() for i in range(600)]
         kv.put_items("r", {k: b"v" for k in keys})
         kv.delete_items("r", KeyRange(b"00100", b"00550"))
@@ -58,7 +59,7 @@ class DeleteTests(SuiteBase):
             "a range delete over hundreds of items left some behind or took too many"
         )
 
-    def test_delete_then_put_brings_the_item_back(self, kv: prism.KeyValue) -> None:
+    def test_delete_then_put_brings_the_item_back(self, kv: KeyValueHandle) -> None:
         for round_number in range(3):
             value = f"round {round_number}".encode()
             kv.put_items("r", {b"k": value, b"other": value})
@@ -68,7 +69,7 @@ class DeleteTests(SuiteBase):
             kv.delete_items("r")
             assert list(kv.get_items("r").items) == []
 
-    def test_delete_of_something_missing_is_a_no_op(self, kv: prism.KeyValue) -> None:
+    def test_delete_of_something_missing_is_a_no_op(self, kv: KeyValueHandle) -> None:
         kv.delete_items("never-written")
         kv.delete_items("never-written", Keys([b"a"]))
         kv.delete_items("never-written", KeyRange(b"a", b"z"))
@@ -78,7 +79,7 @@ class DeleteTests(SuiteBase):
         kv.delete_items("r", KeyRange(b"b", b"z"))
         assert kv.get_items("r").as_dict() == {b"a": b"1"}
 
-    def test_deleted_items_vanish_from_pages(self, kv: prism.KeyValue) -> None:
+    def test_deleted_items_vanish_from_pages(self, kv: KeyValueHandle) -> None:
         keys = [f"k{i:02d}".encode() for i in range(20)]
         kv.put_items("r", {k: b"v" for k in keys})
         kv.delete_items("r", Keys(keys[::2]))

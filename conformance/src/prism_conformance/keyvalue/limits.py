@@ -9,6 +9,7 @@ import pytest
 
 import prism
 from prism import Delete, Item, Keys, Put, capabilities
+from prism_conformance.handles import KeyValueHandle
 from prism_conformance.keyvalue.base import SuiteBase
 from prism_conformance.marks import NotApplicable
 
@@ -17,7 +18,7 @@ LARGEST_PROBE = 64 * 1024 * 1024
 
 
 def _assert_names_the_limit(
-    exc: prism.LimitExceeded, kv: prism.KeyValue, limit_name: str, limit: int
+    exc: prism.LimitExceeded, kv: KeyValueHandle, limit_name: str, limit: int
 ) -> None:
     assert exc.namespace == kv.name, (
         f"LimitExceeded must name the namespace {kv.name!r}, got {exc.namespace!r}"
@@ -60,7 +61,7 @@ class LimitTests(SuiteBase):
                 kv.mutate_items("r", [Put(b"ok", b"v"), Put(b"over", b"v" * 1001)])
         assert kv.get_items("r").as_dict() == {b"at": b"v" * 1000}, "a refused call wrote items"
 
-    def test_value_over_the_backend_limit_is_refused(self, kv: prism.KeyValue) -> None:
+    def test_value_over_the_backend_limit_is_refused(self, kv: KeyValueHandle) -> None:
         largest = self.max_value_bytes(kv)
         if largest >= LARGEST_PROBE:
             raise NotApplicable(f"the namespace accepts values up to {largest} bytes; too large to probe")
@@ -96,7 +97,7 @@ class LimitTests(SuiteBase):
         assert refused.value.namespace == "no_such_namespace"
         assert "no_such_namespace" in str(refused.value)
 
-    def test_malformed_requests_are_refused(self, kv: prism.KeyValue) -> None:
+    def test_malformed_requests_are_refused(self, kv: KeyValueHandle) -> None:
         # Deliberately wrong types, as an untyped caller could send them.
         bytes_id: Any = b"bytes-id"
         text_predicate: Any = "everything"

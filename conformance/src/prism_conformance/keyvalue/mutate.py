@@ -11,6 +11,7 @@ import pytest
 
 import prism
 from prism import Delete, Item, Put, capabilities
+from prism_conformance.handles import KeyValueHandle
 from prism_conformance.keyvalue.base import SuiteBase
 from prism_conformance.keyvalue.support import (
     Tokens,
@@ -27,7 +28,7 @@ MUTATIONS = 300
 
 class MutateTests(SuiteBase):
     @requires_capability(capabilities.KV_ATOMIC_MUTATE)
-    def test_mutate_applies_puts_and_deletes(self, kv: prism.KeyValue) -> None:
+    def test_mutate_applies_puts_and_deletes(self, kv: KeyValueHandle) -> None:
         kv.put_items("r", {b"a": b"1", b"b": b"2", b"c": b"3"})
         kv.mutate_items("r", [Put(b"a", b"one"), Delete(b"b"), Put(b"d", b"4"), Delete(b"missing")])
         assert kv.get_items("r").as_dict() == {b"a": b"one", b"c": b"3", b"d": b"4"}
@@ -39,7 +40,7 @@ class MutateTests(SuiteBase):
         assert kv.get_items("new-record").as_dict() == {b"x": b"", b"y": b"why"}
 
     @requires_capability(capabilities.KV_ATOMIC_MUTATE)
-    def test_mutate_is_atomic_for_concurrent_readers(self, kv: prism.KeyValue) -> None:
+    def test_mutate_is_atomic_for_concurrent_readers(self, kv: KeyValueHandle) -> None:
         """Even rounds put a, b, c; odd rounds put a, b and delete c. A reader
         must see all of one round: a == b, and c present with a's value exactly
         on even rounds."""
@@ -79,7 +80,7 @@ class MutateTests(SuiteBase):
         }
 
     @requires_capability(capabilities.KV_ATOMIC_MUTATE)
-    def test_mutate_follows_tokens_per_item(self, kv: prism.KeyValue) -> None:
+    def test_mutate_follows_tokens_per_item(self, kv: KeyValueHandle) -> None:
         tokens = Tokens()
         kv.put_items("r", {b"newer": b"kept", b"gone": b"x"}, token=tokens.at(10))
         kv.put_items("r", {b"older": b"before"}, token=tokens.at(1))
@@ -101,7 +102,7 @@ class MutateTests(SuiteBase):
         )
 
     @requires_capability(capabilities.KV_ATOMIC_MUTATE)
-    def test_mutate_puts_carry_their_ttl(self, kv: prism.KeyValue) -> None:
+    def test_mutate_puts_carry_their_ttl(self, kv: KeyValueHandle) -> None:
         before = now()
         kv.mutate_items("r", [Put(b"short", b"v", ttl=timedelta(hours=1)), Put(b"forever", b"v")])
         items = {item.key: item for item in kv.get_items("r").items}
@@ -111,7 +112,7 @@ class MutateTests(SuiteBase):
         assert before + timedelta(minutes=59) < expires_at < now() + timedelta(hours=1, seconds=1)
 
     @requires_capability(capabilities.KV_ATOMIC_MUTATE)
-    def test_mutate_with_a_chunked_value(self, kv: prism.KeyValue) -> None:
+    def test_mutate_with_a_chunked_value(self, kv: KeyValueHandle) -> None:
         item_bytes = self.backend_traits(kv).max_item_bytes
         size = min(2 * item_bytes + 3, self.max_value_bytes(kv))
         large = random_bytes("mutate", size)
@@ -122,7 +123,7 @@ class MutateTests(SuiteBase):
         assert got[b"large"] == large, describe_bytes_difference(got[b"large"], large)
 
     @requires_capability(capabilities.KV_ATOMIC_MUTATE)
-    def test_malformed_mutation_changes_nothing(self, kv: prism.KeyValue) -> None:
+    def test_malformed_mutation_changes_nothing(self, kv: KeyValueHandle) -> None:
         kv.put_items("r", {b"a": b"1"})
         malformed: list[list[Put | Delete]] = [
             [Put(b"a", b"2"), Delete(b"a")],

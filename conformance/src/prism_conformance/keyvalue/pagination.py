@@ -11,6 +11,7 @@ import pytest
 import prism
 from prism import AllItems, Item, ItemsPage, KeyRange, Keys, capabilities
 from prism.models import Predicate
+from prism_conformance.handles import KeyValueHandle
 from prism_conformance.keyvalue.base import SuiteBase
 from prism_conformance.keyvalue.support import item_pages, keys_of, pairs
 from prism_conformance.marks import NotApplicable
@@ -57,7 +58,7 @@ def _check_count_pages(
 
 
 class PaginationTests(SuiteBase):
-    def test_pagination_by_count_returns_every_item_once_in_order(self, kv: prism.KeyValue) -> None:
+    def test_pagination_by_count_returns_every_item_once_in_order(self, kv: KeyValueHandle) -> None:
         rng = random.Random(20240611)
         for size in RECORD_SIZES:
             record = f"size-{size}"
@@ -80,7 +81,7 @@ class PaginationTests(SuiteBase):
                     pages = item_pages(kv, record, predicate, limit=limit)
                     _check_count_pages(pages, expected, limit, f"record of {size} items, {predicate!r}")
 
-    def test_page_ends_exactly_at_the_byte_limit(self, kv: prism.KeyValue) -> None:
+    def test_page_ends_exactly_at_the_byte_limit(self, kv: KeyValueHandle) -> None:
         # Six items of exactly 100 bytes each (4-byte key + 96-byte value).
         items = [Item(f"k{i:03d}".encode(), bytes([65 + i]) * 96) for i in range(6)]
         kv.put_items("r", items)
@@ -95,7 +96,7 @@ class PaginationTests(SuiteBase):
             )
             assert [pair for page in pages for pair in pairs(page.items)] == expected
 
-    def test_item_larger_than_a_page_comes_alone(self, kv: prism.KeyValue) -> None:
+    def test_item_larger_than_a_page_comes_alone(self, kv: KeyValueHandle) -> None:
         kv.put_items("r", {b"a": b"x" * 9, b"big": b"B" * 500, b"c": b"y" * 9})
         pages = item_pages(kv, "r", page_size_bytes=100)
         assert [keys_of(page.items) for page in pages] == [[b"a"], [b"big"], [b"c"]], (
@@ -105,12 +106,12 @@ class PaginationTests(SuiteBase):
         pages = item_pages(kv, "big-first", page_size_bytes=100)
         assert [keys_of(page.items) for page in pages] == [[b"a"], [b"b"]]
 
-    def test_count_and_byte_bounds_apply_together(self, kv: prism.KeyValue) -> None:
+    def test_count_and_byte_bounds_apply_together(self, kv: KeyValueHandle) -> None:
         kv.put_items("r", {f"k{i}".encode(): b"v" * 48 for i in range(10)})  # 50 bytes each
         assert [len(p.items) for p in item_pages(kv, "r", limit=3, page_size_bytes=1000)] == [3, 3, 3, 1]
         assert [len(p.items) for p in item_pages(kv, "r", limit=5, page_size_bytes=100)] == [2, 2, 2, 2, 2]
 
-    def test_default_page_is_bounded_at_two_mib(self, kv: prism.KeyValue) -> None:
+    def test_default_page_is_bounded_at_two_mib(self, kv: KeyValueHandle) -> None:
         if self.max_value_bytes(kv) < 512 * KiB:
             raise NotApplicable("the backend holds values below 512 KiB, needed to fill a 2 MiB page")
         # Five items of exactly 512 KiB (1-byte key): four fill the default 2 MiB page exactly.
@@ -143,7 +144,7 @@ class PaginationTests(SuiteBase):
             kv.get_items("r", page_size_bytes=0)
         assert len(kv.get_items("r", limit=10, page_size_bytes=1000).items) == 1
 
-    def test_page_token_can_be_replayed(self, kv: prism.KeyValue) -> None:
+    def test_page_token_can_be_replayed(self, kv: KeyValueHandle) -> None:
         kv.put_items("r", {f"k{i}".encode(): b"v" for i in range(6)})
         first = kv.get_items("r", limit=2)
         assert first.next_page_token is not None
@@ -153,7 +154,7 @@ class PaginationTests(SuiteBase):
             "a page token is a cursor: reading the same page twice (a client retry) gives the same items"
         )
 
-    def test_pagination_continues_after_writes_between_pages(self, kv: prism.KeyValue) -> None:
+    def test_pagination_continues_after_writes_between_pages(self, kv: KeyValueHandle) -> None:
         letters = [bytes([c]) for c in b"acegikmoqs"]
         kv.put_items("r", {k: b"old" for k in letters})
         first = kv.get_items("r", limit=3)
@@ -182,7 +183,7 @@ class PaginationTests(SuiteBase):
             second.get_items("r", limit=2, page_token=token)
         assert refused.value.namespace == second.name
 
-    def test_page_token_is_refused_for_another_record(self, kv: prism.KeyValue) -> None:
+    def test_page_token_is_refused_for_another_record(self, kv: KeyValueHandle) -> None:
         for record in ("r1", "r2"):
             kv.put_items(record, {f"k{i}".encode(): b"v" for i in range(5)})
         token = kv.get_items("r1", limit=2).next_page_token
@@ -190,7 +191,7 @@ class PaginationTests(SuiteBase):
         with pytest.raises(prism.InvalidPageToken):
             kv.get_items("r2", limit=2, page_token=token)
 
-    def test_page_token_is_refused_for_another_predicate(self, kv: prism.KeyValue) -> None:
+    def test_page_token_is_refused_for_another_predicate(self, kv: KeyValueHandle) -> None:
         kv.put_items("r", {f"k{i}".encode(): b"v" for i in range(8)})
         issued_for: list[Predicate] = [AllItems(), KeyRange(b"k0", b"k7"), Keys([b"k1", b"k2", b"k3", b"k4"])]
         presented_with: list[Predicate] = [
@@ -212,7 +213,7 @@ class PaginationTests(SuiteBase):
                     kv.get_items("r", other, limit=1, page_token=token)
             assert len(kv.get_items("r", original, limit=1, page_token=token).items) == 1
 
-    def test_tampered_page_token_is_refused(self, kv: prism.KeyValue) -> None:
+    def test_tampered_page_token_is_refused(self, kv: KeyValueHandle) -> None:
         kv.put_items("r", {f"k{i}".encode(): b"v" for i in range(5)})
         token = kv.get_items("r", limit=2).next_page_token
         assert token is not None

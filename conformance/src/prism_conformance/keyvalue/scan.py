@@ -9,6 +9,7 @@ import pytest
 
 import prism
 from prism import Item, Keys, capabilities
+from prism_conformance.handles import KeyValueHandle
 from prism_conformance.keyvalue.base import SuiteBase
 from prism_conformance.keyvalue.support import record_pages, scanned_ids, utf8_order
 from prism_conformance.marks import requires_capability
@@ -30,13 +31,13 @@ RECORD_IDS = [
 
 class ScanTests(SuiteBase):
     @requires_capability(capabilities.KV_SCAN)
-    def test_scan_of_an_empty_namespace_is_empty(self, kv: prism.KeyValue) -> None:
+    def test_scan_of_an_empty_namespace_is_empty(self, kv: KeyValueHandle) -> None:
         page = kv.scan()
         assert list(page.record_ids) == []
         assert page.next_page_token is None
 
     @requires_capability(capabilities.KV_SCAN)
-    def test_scan_lists_every_record_once_in_order_across_pages(self, kv: prism.KeyValue) -> None:
+    def test_scan_lists_every_record_once_in_order_across_pages(self, kv: KeyValueHandle) -> None:
         for record in RECORD_IDS:
             kv.put_items(record, {b"k": record.encode()})
         expected = utf8_order(RECORD_IDS)
@@ -55,7 +56,7 @@ class ScanTests(SuiteBase):
                 assert len(pages) == math.ceil(len(expected) / limit)
 
     @requires_capability(capabilities.KV_SCAN)
-    def test_scan_skips_records_whose_items_are_all_deleted(self, kv: prism.KeyValue) -> None:
+    def test_scan_skips_records_whose_items_are_all_deleted(self, kv: KeyValueHandle) -> None:
         for record in ("a", "b", "c", "d", "e"):
             kv.put_items(record, {b"k1": b"v", b"k2": b"v"})
         kv.delete_items("b")
@@ -67,7 +68,7 @@ class ScanTests(SuiteBase):
         assert scanned_ids(kv, limit=2) == ["a", "b", "c", "e"]
 
     @requires_capability(capabilities.KV_SCAN)
-    def test_scan_continues_after_writes_between_pages(self, kv: prism.KeyValue) -> None:
+    def test_scan_continues_after_writes_between_pages(self, kv: KeyValueHandle) -> None:
         for record in ("b", "d", "f", "h"):
             kv.put_items(record, {b"k": b"v"})
         first = kv.scan(limit=2)

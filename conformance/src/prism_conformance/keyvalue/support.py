@@ -10,11 +10,11 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-import prism
 from prism import IdempotencyToken, Item, ItemsPage, RecordsPage
 from prism.models import Predicate
 
 # Shared with the other suites; re-exported so the KeyValue tests import them from here.
+from prism_conformance.handles import KeyValueHandle
 from prism_conformance.support import (
     POLL_DEADLINE,
     POLL_INTERVAL,
@@ -63,7 +63,7 @@ def keys_of(items: Iterable[Item]) -> list[bytes]:
 
 
 def item_pages(
-    kv: prism.KeyValue,
+    kv: KeyValueHandle,
     record_id: str,
     predicate: Predicate | None = None,
     *,
@@ -87,7 +87,7 @@ def item_pages(
 
 
 def all_items(
-    kv: prism.KeyValue,
+    kv: KeyValueHandle,
     record_id: str,
     predicate: Predicate | None = None,
     *,
@@ -103,7 +103,7 @@ def all_items(
 
 
 def record_pages(
-    kv: prism.KeyValue, *, limit: int | None = None, page_token: str | None = None
+    kv: KeyValueHandle, *, limit: int | None = None, page_token: str | None = None
 ) -> list[RecordsPage]:
     """Every page of a scan (from ``page_token`` on, if given)."""
     pages: list[RecordsPage] = []
@@ -119,7 +119,7 @@ def record_pages(
             return pages
 
 
-def scanned_ids(kv: prism.KeyValue, *, limit: int | None = None) -> list[str]:
+def scanned_ids(kv: KeyValueHandle, *, limit: int | None = None) -> list[str]:
     return [record_id for page in record_pages(kv, limit=limit) for record_id in page.record_ids]
 
 

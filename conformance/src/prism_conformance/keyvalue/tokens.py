@@ -13,18 +13,19 @@ import pytest
 
 import prism
 from prism import AllItems, IdempotencyToken, Item, KeyRange, Keys
+from prism_conformance.handles import KeyValueHandle
 from prism_conformance.keyvalue.base import SuiteBase
 from prism_conformance.keyvalue.support import Tokens, run_threads
 
 
 class TokenTests(SuiteBase):
-    def test_newer_token_wins(self, kv: prism.KeyValue) -> None:
+    def test_newer_token_wins(self, kv: KeyValueHandle) -> None:
         tokens = Tokens()
         kv.put_items("r", {b"k": b"first"}, token=tokens.at(1))
         kv.put_items("r", {b"k": b"second"}, token=tokens.at(2))
         assert kv.get_items("r").as_dict() == {b"k": b"second"}
 
-    def test_older_token_never_overwrites_a_newer_write(self, kv: prism.KeyValue) -> None:
+    def test_older_token_never_overwrites_a_newer_write(self, kv: KeyValueHandle) -> None:
         tokens = Tokens()
         kv.put_items("r", {b"k": b"newer"}, token=tokens.at(10))
         kv.put_items("r", [Item(b"k", b"older", ttl=timedelta(hours=1))], token=tokens.at(5))
@@ -32,7 +33,7 @@ class TokenTests(SuiteBase):
         assert item.value == b"newer", "a write with an older token overwrote a newer one"
         assert item.expires_at is None, "a write with an older token changed the newer write's expiry"
 
-    def test_replaying_the_same_token_changes_nothing(self, kv: prism.KeyValue) -> None:
+    def test_replaying_the_same_token_changes_nothing(self, kv: KeyValueHandle) -> None:
         tokens = Tokens()
         original = tokens.at(1, "retry-me")
         kv.put_items("r", {b"k": b"v1"}, token=original)
@@ -49,7 +50,7 @@ class TokenTests(SuiteBase):
             "a late replay of an older write undid a newer one"
         )
 
-    def test_last_write_wins_per_item_not_per_record(self, kv: prism.KeyValue) -> None:
+    def test_last_write_wins_per_item_not_per_record(self, kv: KeyValueHandle) -> None:
         tokens = Tokens()
         kv.put_items("r", {b"a": b"new-a", b"b": b"new-b"}, token=tokens.at(20))
         kv.put_items("r", {b"a": b"old-a", b"c": b"old-c"}, token=tokens.at(10))
@@ -59,7 +60,7 @@ class TokenTests(SuiteBase):
         kv.put_items("r", {b"b": b"newest-b"}, token=tokens.at(30))
         assert kv.get_items("r").as_dict() == {b"a": b"new-a", b"b": b"newest-b", b"c": b"old-c"}
 
-    def test_equal_times_are_ordered_by_nonce(self, kv: prism.KeyValue) -> None:
+    def test_equal_times_are_ordered_by_nonce(self, kv: KeyValueHandle) -> None:
         tokens = Tokens()
         low, high = tokens.at(5, "nonce-a"), tokens.at(5, "nonce-b")
         kv.put_items("r", {b"high-first": b"high"}, token=high)
@@ -70,7 +71,7 @@ class TokenTests(SuiteBase):
             "tokens are ordered by (generation time, nonce): at equal times the greater nonce wins"
         )
 
-    def test_delete_with_an_older_token_does_not_remove_a_newer_put(self, kv: prism.KeyValue) -> None:
+    def test_delete_with_an_older_token_does_not_remove_a_newer_put(self, kv: KeyValueHandle) -> None:
         tokens = Tokens()
         kv.put_items("r", {b"a": b"1", b"b": b"2", b"c": b"3"}, token=tokens.at(10))
         kv.delete_items("r", Keys([b"a"]), token=tokens.at(5))
@@ -80,7 +81,7 @@ class TokenTests(SuiteBase):
             "a delete with an older token removed a newer write"
         )
 
-    def test_put_with_an_older_token_does_not_resurrect_a_deleted_item(self, kv: prism.KeyValue) -> None:
+    def test_put_with_an_older_token_does_not_resurrect_a_deleted_item(self, kv: KeyValueHandle) -> None:
         tokens = Tokens()
         kv.put_items("r", {b"a": b"1", b"b": b"2", b"c": b"3"}, token=tokens.at(1))
         kv.delete_items("r", Keys([b"a"]), token=tokens.at(10))
@@ -93,7 +94,7 @@ class TokenTests(SuiteBase):
         kv.put_items("r", {b"a": b"after"}, token=tokens.at(11))
         assert kv.get_items("r").as_dict() == {b"a": b"after"}, "a write newer than the delete must land"
 
-    def test_write_without_a_token_uses_the_server_time(self, kv: prism.KeyValue) -> None:
+    def test_write_without_a_token_uses_the_server_time(self, kv: KeyValueHandle) -> None:
         hour_ago = IdempotencyToken(time.time_ns() // 1000 - 3_600_000_000, "past")
         soon = IdempotencyToken(time.time_ns() // 1000 + 300_000_000, "future")
         kv.put_items("r", {b"past": b"tokened"}, token=hour_ago)
@@ -103,7 +104,7 @@ class TokenTests(SuiteBase):
             "a write without a token is versioned at the server's current time"
         )
 
-    def test_untokened_writes_keep_their_order(self, kv: prism.KeyValue) -> None:
+    def test_untokened_writes_keep_their_order(self, kv: KeyValueHandle) -> None:
         for i in range(50):
             kv.put_items("r", {b"k": str(i).encode()})
         assert kv.get_items("r").as_dict() == {b"k": b"49"}, (
@@ -113,7 +114,7 @@ class TokenTests(SuiteBase):
         kv.put_items("r", {b"k": b"back"})
         assert kv.get_items("r").as_dict() == {b"k": b"back"}
 
-    def test_invalid_tokens_are_refused(self, kv: prism.KeyValue) -> None:
+    def test_invalid_tokens_are_refused(self, kv: KeyValueHandle) -> None:
         far_future = IdempotencyToken(time.time_ns() // 1000 + 86_400_000_000, "tomorrow")
         with pytest.raises(prism.InvalidArgument):
             kv.put_items("r", {b"k": b"v"}, token=far_future)
@@ -122,7 +123,7 @@ class TokenTests(SuiteBase):
                 kv.put_items("r", {b"k": b"v"}, token=IdempotencyToken(time.time_ns() // 1000, nonce))
         assert list(kv.get_items("r").items) == [], "a refused write left items behind"
 
-    def test_concurrent_writers_leave_the_highest_token(self, kv: prism.KeyValue) -> None:
+    def test_concurrent_writers_leave_the_highest_token(self, kv: KeyValueHandle) -> None:
         """Last-write-wins must be decided atomically by the datastore: in each
         round, writers race on the same keys with tokens in random order, and
         the newest token's value must be what remains."""

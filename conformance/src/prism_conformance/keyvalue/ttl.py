@@ -12,6 +12,7 @@ import pytest
 
 import prism
 from prism import Item, KeyRange, Keys, capabilities
+from prism_conformance.handles import KeyValueHandle
 from prism_conformance.keyvalue.base import SuiteBase
 from prism_conformance.keyvalue.support import (
     all_items,
@@ -42,7 +43,7 @@ def _assert_expiry_near(item: Item, written_from: datetime, written_to: datetime
 
 
 class TtlTests(SuiteBase):
-    def test_item_ttl_expires_and_reports_expires_at(self, kv: prism.KeyValue) -> None:
+    def test_item_ttl_expires_and_reports_expires_at(self, kv: KeyValueHandle) -> None:
         started = time.monotonic()
         before = now()
         kv.put_items("r", [Item(b"short", b"gone soon", ttl=TTL), Item(b"forever", b"stays")])
@@ -109,7 +110,7 @@ class TtlTests(SuiteBase):
             "an item's own TTL must override the default"
         )
 
-    def test_rewriting_an_item_replaces_its_expiry(self, kv: prism.KeyValue) -> None:
+    def test_rewriting_an_item_replaces_its_expiry(self, kv: KeyValueHandle) -> None:
         kv.put_items("r", [Item(b"was-short", b"1", ttl=TTL), Item(b"was-forever", b"1")])
         kv.put_items(
             "r", [Item(b"was-short", b"2"), Item(b"was-forever", b"2", ttl=TTL), Item(b"clock", b"", ttl=TTL)]
@@ -126,7 +127,7 @@ class TtlTests(SuiteBase):
         )
         assert kv.get_items("r").as_dict() == {b"was-short": b"2"}
 
-    def test_expired_item_can_be_written_again(self, kv: prism.KeyValue) -> None:
+    def test_expired_item_can_be_written_again(self, kv: KeyValueHandle) -> None:
         kv.put_items("r", [Item(b"k", b"first", ttl=timedelta(milliseconds=50))])
         wait_until(
             lambda: not kv.get_items("r").items, what="an item written with ttl=50ms is still returned"
@@ -134,7 +135,7 @@ class TtlTests(SuiteBase):
         kv.put_items("r", {b"k": b"second"})
         assert kv.get_items("r").as_dict() == {b"k": b"second"}
 
-    def test_purging_expired_items_never_removes_newer_writes(self, kv: prism.KeyValue) -> None:
+    def test_purging_expired_items_never_removes_newer_writes(self, kv: KeyValueHandle) -> None:
         """A reader that finds expired items (and so may purge them) races a
         writer that rewrites the same keys: no rewrite may be lost to the purge.
 
@@ -169,14 +170,14 @@ class TtlTests(SuiteBase):
                 "the same keys were purged; a purge must only remove the exact expired version it read"
             )
 
-    def test_ttl_must_be_positive(self, kv: prism.KeyValue) -> None:
+    def test_ttl_must_be_positive(self, kv: KeyValueHandle) -> None:
         for ttl in (timedelta(0), timedelta(seconds=-1)):
             with pytest.raises(prism.InvalidArgument):
                 kv.put_items("r", [Item(b"k", b"v", ttl=ttl)])
         assert list(kv.get_items("r").items) == []
 
     @requires_capability(capabilities.KV_SCAN)
-    def test_records_whose_items_all_expired_vanish_from_scan(self, kv: prism.KeyValue) -> None:
+    def test_records_whose_items_all_expired_vanish_from_scan(self, kv: KeyValueHandle) -> None:
         # "mixed" is written first so its expiring item is due before the
         # "expiring" record's: once that record has vanished from the scan,
         # "mixed" must have lost `a` too, however slow the backend's writes.

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 
 import prism
+from prism_conformance.handles import QueueHandle
 from prism_conformance.queue.base import QueueSuiteBase
 from prism_conformance.queue.support import (
     QUIET,
@@ -26,7 +27,7 @@ from prism_conformance.queue.support import (
 SHORT_VISIBILITY = timedelta(seconds=2)
 
 
-def _assert_unknown_ids_refused(exc: prism.InvalidArgument, queue: prism.Queue, *parts: str) -> None:
+def _assert_unknown_ids_refused(exc: prism.InvalidArgument, queue: QueueHandle, *parts: str) -> None:
     text = str(exc)
     assert exc.namespace == queue.name, f"the error must name the namespace {queue.name!r}: {text}"
     assert exc.field == "ids", f"the error must name the field 'ids', got {exc.field!r}: {text}"
@@ -50,7 +51,7 @@ class AckTests(QueueSuiteBase):
             wait=SHORT_VISIBILITY + QUIET,
         )
 
-    def test_ack_acknowledges_only_the_ids_given(self, queue: prism.Queue) -> None:
+    def test_ack_acknowledges_only_the_ids_given(self, queue: QueueHandle) -> None:
         ids = queue.publish("t", numbered(6))
         with queue.consumer("t", "g") as worker:
             got = collect(of_consumer(worker), 6, what="published messages")
@@ -62,7 +63,7 @@ class AckTests(QueueSuiteBase):
         )
         assert all(d.attempt == 2 for d in back), f"second deliveries: {describe(back)}"
 
-    def test_acking_an_unknown_id_is_refused_and_acks_nothing(self, queue: prism.Queue) -> None:
+    def test_acking_an_unknown_id_is_refused_and_acks_nothing(self, queue: QueueHandle) -> None:
         ids = queue.publish("t", numbered(2))
         [a] = collect(of_group(queue, "t", "g"), 1, what="the first message", max_messages=1)
         with pytest.raises(prism.InvalidArgument) as refused:
@@ -90,7 +91,7 @@ class AckTests(QueueSuiteBase):
         other = collect(of_group(queue, "t", "other"), 2, what="group 'other'")
         assert sorted(ids_of(other)) == sorted(ids)
 
-    def test_nacking_an_unknown_id_is_refused_and_changes_nothing(self, queue: prism.Queue) -> None:
+    def test_nacking_an_unknown_id_is_refused_and_changes_nothing(self, queue: QueueHandle) -> None:
         ids = queue.publish("t", numbered(2))
         [a] = collect(of_group(queue, "t", "g"), 1, what="the first message", max_messages=1)
         [b_id] = [i for i in ids if i != a.id]

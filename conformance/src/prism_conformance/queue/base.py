@@ -15,6 +15,7 @@ import pytest
 
 import prism
 from prism import capabilities
+from prism_conformance.handles import QueueHandle
 from prism_conformance.queue.support import DELIVERY_DEADLINE, QUIET, use_delivery_deadline
 from prism_conformance.suite_base import ConformanceSuiteBase
 
@@ -41,7 +42,7 @@ class QueueSuiteBase(ConformanceSuiteBase):
             yield
 
     @pytest.fixture
-    def queue(self, prism_harness: None) -> prism.Queue:
+    def queue(self, prism_harness: None) -> QueueHandle:
         """A fresh, empty Queue namespace with the default ``queue:`` settings
         (30 s visibility timeout, 5 attempts) and no declared needs. Nothing
         comes back within a test unless it is nacked or its consumer closes."""
@@ -51,7 +52,7 @@ class QueueSuiteBase(ConformanceSuiteBase):
 
     def open_queue(
         self, *, queue: Mapping[str, Any] | None = None, needs: Mapping[str, Any] | None = None
-    ) -> prism.Queue:
+    ) -> QueueHandle:
         """A fresh, empty Queue namespace with these ``queue:`` settings and
         ``needs`` (as in ``prism.yaml``, e.g. ``queue={"visibility_timeout": "2s",
         "max_attempts": 3}``, ``needs={"capabilities": ["queue.delay"]}``)."""
@@ -59,7 +60,7 @@ class QueueSuiteBase(ConformanceSuiteBase):
 
     def open_queues(
         self, count: int, *, queue: Mapping[str, Any] | None = None, needs: Mapping[str, Any] | None = None
-    ) -> tuple[prism.Queue, ...]:
+    ) -> tuple[QueueHandle, ...]:
         """``count`` fresh Queue namespaces in one Prism, sharing one backend instance."""
         return self._harness.open_queues(count, queue=queue, needs=needs).queues
 

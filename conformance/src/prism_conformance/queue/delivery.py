@@ -7,6 +7,7 @@ import threading
 from datetime import timedelta
 
 import prism
+from prism_conformance.handles import QueueHandle
 from prism_conformance.queue.base import QueueSuiteBase
 from prism_conformance.queue.support import (
     QUIET,
@@ -29,10 +30,10 @@ CLOCK_TOLERANCE = timedelta(seconds=1)
 
 
 class DeliveryTests(QueueSuiteBase):
-    def test_fresh_namespace_has_no_messages(self, queue: prism.Queue) -> None:
+    def test_fresh_namespace_has_no_messages(self, queue: QueueHandle) -> None:
         assert_nothing(of_group(queue, "orders", "billing"), what="a fresh namespace delivered messages")
 
-    def test_publish_then_consume_round_trips(self, queue: prism.Queue) -> None:
+    def test_publish_then_consume_round_trips(self, queue: QueueHandle) -> None:
         before = now()
         ids = queue.publish(
             "orders",
@@ -70,7 +71,7 @@ class DeliveryTests(QueueSuiteBase):
         assert_nothing(of_group(queue, "orders", "billing"), what="every message was acknowledged")
         assert queue.publish("orders", []) == [], "publishing nothing must return no ids"
 
-    def test_key_payload_and_headers_round_trip_byte_exact(self, queue: prism.Queue) -> None:
+    def test_key_payload_and_headers_round_trip_byte_exact(self, queue: QueueHandle) -> None:
         cases = [
             prism.Message(b"", b""),
             prism.Message(b"\x00", bytes(range(256))),
@@ -102,7 +103,7 @@ class DeliveryTests(QueueSuiteBase):
                 f"headers {dict(sent.headers)!r} came back as {dict(d.headers)!r}"
             )
 
-    def test_ids_are_unique_across_publishes(self, queue: prism.Queue) -> None:
+    def test_ids_are_unique_across_publishes(self, queue: QueueHandle) -> None:
         ids: list[str] = []
         for round_ in range(5):
             ids += queue.publish("t", numbered(4, prefix=f"r{round_}-"))
@@ -114,7 +115,7 @@ class DeliveryTests(QueueSuiteBase):
         later = queue.publish("t", numbered(3, prefix="later-"))
         assert not set(later) & set(ids), f"ids were reused after an ack: {sorted(set(later) & set(ids))}"
 
-    def test_every_group_gets_every_message(self, queue: prism.Queue) -> None:
+    def test_every_group_gets_every_message(self, queue: QueueHandle) -> None:
         ids = queue.publish("t", numbered(6))
         for group in ("a", "b", "c"):
             got = collect(of_group(queue, "t", group), 6, what=f"group {group!r}")
@@ -124,7 +125,7 @@ class DeliveryTests(QueueSuiteBase):
             queue.ack("t", group, got)
             assert_nothing(of_group(queue, "t", group), what=f"group {group!r} acknowledged everything")
 
-    def test_a_new_group_starts_at_the_beginning_of_the_topic(self, queue: prism.Queue) -> None:
+    def test_a_new_group_starts_at_the_beginning_of_the_topic(self, queue: QueueHandle) -> None:
         early = queue.publish("t", numbered(3, prefix="early"))
         first = collect(of_group(queue, "t", "first"), 3, what="group 'first'")
         queue.ack("t", "first", first)
@@ -136,7 +137,7 @@ class DeliveryTests(QueueSuiteBase):
         again = collect(of_group(queue, "t", "first"), 2, what="group 'first', the later messages")
         assert sorted(ids_of(again)) == sorted(late)
 
-    def test_topics_are_independent(self, queue: prism.Queue) -> None:
+    def test_topics_are_independent(self, queue: QueueHandle) -> None:
         # Names that are prefixes, case variants or separators of one another, as
         # a naive key or topic layout would confuse.
         topics = ["orders", "orders2", "Orders", "orders.v2", "orders-v2", "orders_v2"]
@@ -163,13 +164,13 @@ class DeliveryTests(QueueSuiteBase):
         [other] = collect(of_group(second, "shared-topic", "g"), 1, what="the other namespace's message")
         assert other.payload == b"second"
 
-    def test_isolation_1_publishes_a_probe(self, queue: prism.Queue) -> None:
+    def test_isolation_1_publishes_a_probe(self, queue: QueueHandle) -> None:
         """Publishes a message the next test must not see (they run in this order)."""
         queue.publish(LEAK_PROBE_TOPIC, [prism.Message(b"probe", b"published by an earlier test")])
         [got] = collect(of_group(queue, LEAK_PROBE_TOPIC, "g"), 1, what="the probe")
         assert got.payload == b"published by an earlier test"
 
-    def test_isolation_2_the_probe_is_gone(self, queue: prism.Queue) -> None:
+    def test_isolation_2_the_probe_is_gone(self, queue: QueueHandle) -> None:
         """Runs after the probe was published: a fresh namespace must not show it."""
         assert_nothing(
             of_group(queue, LEAK_PROBE_TOPIC, "g"), what="a message leaked from an earlier test's namespace"
@@ -179,7 +180,7 @@ class DeliveryTests(QueueSuiteBase):
             what="a message leaked from an earlier test's namespace",
         )
 
-    def test_a_waiting_consumer_receives_what_is_published_meanwhile(self, queue: prism.Queue) -> None:
+    def test_a_waiting_consumer_receives_what_is_published_meanwhile(self, queue: QueueHandle) -> None:
         """A consume with ``wait`` blocks until something arrives: a message
         published while it waits is returned by that same call."""
         started = threading.Event()

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import prism
+from prism_conformance.handles import QueueHandle
 from prism_conformance.marks import NotApplicable
 from prism_conformance.queue.base import QueueSuiteBase
 from prism_conformance.queue.support import (
@@ -27,7 +28,7 @@ LARGEST_PROBE = 64 * 1024 * 1024
 
 
 def _assert_names_the_limit(
-    exc: prism.LimitExceeded, queue: prism.Queue, limit_name: str, limit: int | None = None
+    exc: prism.LimitExceeded, queue: QueueHandle, limit_name: str, limit: int | None = None
 ) -> None:
     assert exc.namespace == queue.name, (
         f"LimitExceeded must name the namespace {queue.name!r}, got {exc.namespace!r}"
@@ -49,7 +50,7 @@ def _message_of_size(size: int, *, key: bytes, headers: dict[str, bytes]) -> pri
 
 
 class LimitTests(QueueSuiteBase):
-    def _size_limit_round_trip(self, q: prism.Queue, topic: str) -> None:
+    def _size_limit_round_trip(self, q: QueueHandle, topic: str) -> None:
         limit = q.max_message_bytes
         headers = {"ключ": b"vv", "h": b"\x00"}
         exact = _message_of_size(limit, key=b"kk", headers=headers)
@@ -76,7 +77,7 @@ class LimitTests(QueueSuiteBase):
         self._size_limit_round_trip(q, "t")
 
     def test_message_at_the_effective_size_limit_round_trips_and_one_byte_more_is_refused(
-        self, queue: prism.Queue
+        self, queue: QueueHandle
     ) -> None:
         """With the default ``queue.max_message_bytes`` (1 MiB), capped by what
         the backend says it stores: a backend that declares more than it can
@@ -146,7 +147,7 @@ class LimitTests(QueueSuiteBase):
             assert got.payload == topic.encode()
             q.ack(topic, group, [got])
 
-    def test_the_longest_names_work_for_dead_letters_too(self, queue: prism.Queue) -> None:
+    def test_the_longest_names_work_for_dead_letters_too(self, queue: QueueHandle) -> None:
         """The longest topic and group names (200 bytes, the default limit),
         and the topic's dead-letter topic (the core allows the suffix on top),
         must fit the backend, however it builds its own names from them (Kafka

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 import prism
 from prism import Delivery
+from prism_conformance.handles import ConsumerHandle, QueueHandle
 
 #: How long a consume waits to show that nothing is deliverable. Long enough for
 #: a backend that wakes on publish to have delivered what it had.
@@ -53,7 +54,7 @@ CONSUME_WAIT = timedelta(seconds=1)
 Source = Callable[[int, timedelta], list[Delivery]]
 
 
-def of_group(queue: prism.Queue, topic: str, group: str) -> Source:
+def of_group(queue: QueueHandle, topic: str, group: str) -> Source:
     """Consume ``topic`` for ``group`` with the queue handle's own consumer."""
 
     def consume(max_messages: int, wait: timedelta) -> list[Delivery]:
@@ -62,7 +63,7 @@ def of_group(queue: prism.Queue, topic: str, group: str) -> Source:
     return consume
 
 
-def of_consumer(consumer: prism.Consumer[prism.AsyncConsumer]) -> Source:
+def of_consumer(consumer: ConsumerHandle) -> Source:
     """Consume with one :class:`prism.Consumer` of a group."""
 
     def consume(max_messages: int, wait: timedelta) -> list[Delivery]:

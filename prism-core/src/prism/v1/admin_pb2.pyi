@@ -117,6 +117,154 @@ class Needs(_message.Message):
 Global___Needs: _TypeAlias = Needs  # noqa: Y015
 
 @_typing.final
+class KeyValueLimits(_message.Message):
+    """A KeyValue namespace's `limits:` (see prism.config.Limits). In a request,
+    0 or an unset duration means the default; in a Namespace answer, every field
+    is the value in force.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_KEY_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_VALUE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_ITEMS_PER_CALL_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_PAGE_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_PAGE_ITEMS_FIELD_NUMBER: _builtins.int
+    TOMBSTONE_TTL_FIELD_NUMBER: _builtins.int
+    MAX_TOKEN_SKEW_FIELD_NUMBER: _builtins.int
+    max_key_bytes: _builtins.int
+    max_value_bytes: _builtins.int
+    """In an answer: the effective limit (the limit, else needs.max_value_bytes,
+    else 8 MiB; never more than the backend holds).
+    """
+    max_items_per_call: _builtins.int
+    page_size_bytes: _builtins.int
+    max_page_size_bytes: _builtins.int
+    max_page_items: _builtins.int
+    @_builtins.property
+    def tombstone_ttl(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def max_token_skew(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        max_key_bytes: _builtins.int = ...,
+        max_value_bytes: _builtins.int = ...,
+        max_items_per_call: _builtins.int = ...,
+        page_size_bytes: _builtins.int = ...,
+        max_page_size_bytes: _builtins.int = ...,
+        max_page_items: _builtins.int = ...,
+        tombstone_ttl: _duration_pb2.Duration | None = ...,
+        max_token_skew: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_token_skew", b"max_token_skew", "tombstone_ttl", b"tombstone_ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_items_per_call", b"max_items_per_call", "max_key_bytes", b"max_key_bytes", "max_page_items", b"max_page_items", "max_page_size_bytes", b"max_page_size_bytes", "max_token_skew", b"max_token_skew", "max_value_bytes", b"max_value_bytes", "page_size_bytes", b"page_size_bytes", "tombstone_ttl", b"tombstone_ttl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeyValueLimits: _TypeAlias = KeyValueLimits  # noqa: Y015
+
+@_typing.final
+class QueueSettings(_message.Message):
+    """A Queue namespace's `queue:` settings (see prism.config.QueueLimits). In a
+    request, 0, "" or an unset duration means the default (a duration set to 0
+    is 0); in a Namespace answer, every field is the value in force.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_BATCH_FIELD_NUMBER: _builtins.int
+    MAX_TOPIC_NAME_BYTES_FIELD_NUMBER: _builtins.int
+    VISIBILITY_TIMEOUT_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    MAX_WAIT_FIELD_NUMBER: _builtins.int
+    MAX_DELAY_FIELD_NUMBER: _builtins.int
+    DEAD_LETTER_SUFFIX_FIELD_NUMBER: _builtins.int
+    max_message_bytes: _builtins.int
+    """In an answer: the effective limit, capped by what the backend stores."""
+    max_batch: _builtins.int
+    max_topic_name_bytes: _builtins.int
+    max_attempts: _builtins.int
+    dead_letter_suffix: _builtins.str
+    @_builtins.property
+    def visibility_timeout(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def max_wait(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def max_delay(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        max_message_bytes: _builtins.int = ...,
+        max_batch: _builtins.int = ...,
+        max_topic_name_bytes: _builtins.int = ...,
+        visibility_timeout: _duration_pb2.Duration | None = ...,
+        max_attempts: _builtins.int = ...,
+        max_wait: _duration_pb2.Duration | None = ...,
+        max_delay: _duration_pb2.Duration | None = ...,
+        dead_letter_suffix: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_delay", b"max_delay", "max_wait", b"max_wait", "visibility_timeout", b"visibility_timeout"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dead_letter_suffix", b"dead_letter_suffix", "max_attempts", b"max_attempts", "max_batch", b"max_batch", "max_delay", b"max_delay", "max_message_bytes", b"max_message_bytes", "max_topic_name_bytes", b"max_topic_name_bytes", "max_wait", b"max_wait", "visibility_timeout", b"visibility_timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueSettings: _TypeAlias = QueueSettings  # noqa: Y015
+
+@_typing.final
+class BackendTraits(_message.Message):
+    """What the backend serving a namespace offers (its plugin's traits for the
+    configured settings). 0 / unset: no limit, or not applicable to the
+    namespace's abstraction.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DURABILITY_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_FIELD_NUMBER: _builtins.int
+    MAX_ITEM_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_VALUE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_TTL_FIELD_NUMBER: _builtins.int
+    MAX_KEY_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
+    DURABILITY_NOTE_FIELD_NUMBER: _builtins.int
+    durability: Global___Durability.ValueType
+    consistency: Global___Consistency.ValueType
+    max_item_bytes: _builtins.int
+    """KeyValue: the largest value stored in one row; the core chunks larger ones."""
+    max_value_bytes: _builtins.int
+    """KeyValue: the largest value the backend holds, chunks included."""
+    max_key_bytes: _builtins.int
+    max_message_bytes: _builtins.int
+    """Queue: the largest message the backend stores."""
+    durability_note: _builtins.str
+    @_builtins.property
+    def max_ttl(self) -> _duration_pb2.Duration: ...
+    def __init__(
+        self,
+        *,
+        durability: Global___Durability.ValueType = ...,
+        consistency: Global___Consistency.ValueType = ...,
+        max_item_bytes: _builtins.int = ...,
+        max_value_bytes: _builtins.int = ...,
+        max_ttl: _duration_pb2.Duration | None = ...,
+        max_key_bytes: _builtins.int = ...,
+        max_message_bytes: _builtins.int = ...,
+        durability_note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_ttl", b"max_ttl"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency", "durability", b"durability", "durability_note", b"durability_note", "max_item_bytes", b"max_item_bytes", "max_key_bytes", b"max_key_bytes", "max_message_bytes", b"max_message_bytes", "max_ttl", b"max_ttl", "max_value_bytes", b"max_value_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BackendTraits: _TypeAlias = BackendTraits  # noqa: Y015
+
+@_typing.final
 class Namespace(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -127,16 +275,35 @@ class Namespace(_message.Message):
     PLUGIN_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
+    TRAITS_FIELD_NUMBER: _builtins.int
+    RUNTIME_FIELD_NUMBER: _builtins.int
+    PINNED_BACKEND_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     abstraction: Global___Abstraction.ValueType
     backend: _builtins.str
     """Where the planner put it, and why."""
     plugin: _builtins.str
     reason: _builtins.str
+    runtime: _builtins.bool
+    """Declared at run time through CreateNamespace, not in prism.yaml."""
+    pinned_backend: _builtins.str
+    """The backend the declaration pins, if any."""
     @_builtins.property
     def needs(self) -> Global___Needs: ...
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def limits(self) -> Global___KeyValueLimits:
+        """How it is served (set when it plans): the limits of a KeyValue namespace,
+        the settings of a Queue namespace, and the backend's traits.
+        """
+
+    @_builtins.property
+    def queue(self) -> Global___QueueSettings: ...
+    @_builtins.property
+    def traits(self) -> Global___BackendTraits: ...
     def __init__(
         self,
         *,
@@ -147,10 +314,15 @@ class Namespace(_message.Message):
         plugin: _builtins.str = ...,
         reason: _builtins.str = ...,
         capabilities: _abc.Iterable[_builtins.str] | None = ...,
+        limits: Global___KeyValueLimits | None = ...,
+        queue: Global___QueueSettings | None = ...,
+        traits: Global___BackendTraits | None = ...,
+        runtime: _builtins.bool = ...,
+        pinned_backend: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["needs", b"needs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "needs", b"needs", "queue", b"queue", "traits", b"traits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abstraction", b"abstraction", "backend", b"backend", "capabilities", b"capabilities", "name", b"name", "needs", b"needs", "plugin", b"plugin", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abstraction", b"abstraction", "backend", b"backend", "capabilities", b"capabilities", "limits", b"limits", "name", b"name", "needs", b"needs", "pinned_backend", b"pinned_backend", "plugin", b"plugin", "queue", b"queue", "reason", b"reason", "runtime", b"runtime", "traits", b"traits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -217,20 +389,36 @@ class CreateNamespaceRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ABSTRACTION_FIELD_NUMBER: _builtins.int
     NEEDS_FIELD_NUMBER: _builtins.int
+    BACKEND_FIELD_NUMBER: _builtins.int
+    LIMITS_FIELD_NUMBER: _builtins.int
+    QUEUE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     abstraction: Global___Abstraction.ValueType
+    backend: _builtins.str
+    """Pin to this configured backend; empty: the planner picks one."""
     @_builtins.property
     def needs(self) -> Global___Needs: ...
+    @_builtins.property
+    def limits(self) -> Global___KeyValueLimits:
+        """KeyValue namespaces only."""
+
+    @_builtins.property
+    def queue(self) -> Global___QueueSettings:
+        """Queue namespaces only."""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         abstraction: Global___Abstraction.ValueType = ...,
         needs: Global___Needs | None = ...,
+        backend: _builtins.str = ...,
+        limits: Global___KeyValueLimits | None = ...,
+        queue: Global___QueueSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["needs", b"needs"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "needs", b"needs", "queue", b"queue"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abstraction", b"abstraction", "name", b"name", "needs", b"needs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abstraction", b"abstraction", "backend", b"backend", "limits", b"limits", "name", b"name", "needs", b"needs", "queue", b"queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

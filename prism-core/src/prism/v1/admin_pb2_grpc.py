@@ -70,10 +70,17 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateNamespace(self, request, context):
-        """Declare a namespace from its needs. PERMISSION_DENIED unless the caller
-        has the admin grant and the operator's policy allows run-time namespaces;
-        ALREADY_EXISTS for a name in use with other needs (the same needs again
-        is a success); FAILED_PRECONDITION when no backend meets the needs.
+        """Declare a namespace from its needs, as a `namespaces:` entry of
+        prism.yaml would, plan it and provision it. PERMISSION_DENIED unless the
+        caller has the admin grant on the name and the operator's policy
+        (gateway.create_namespaces) allows it, on that backend;
+        INVALID_ARGUMENT naming the field for settings prism.yaml would refuse;
+        ALREADY_EXISTS for a name in use with other settings, or declared in
+        prism.yaml (the same settings again is a success, so clients may declare
+        their namespaces at every start-up); FAILED_PRECONDITION when no backend
+        meets the needs; RESOURCE_EXHAUSTED past the policy's max_namespaces.
+        A run-time namespace lasts until the gateway restarts; its data stays on
+        the backend, so declaring it again reattaches it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -40,10 +40,17 @@ class AdminServiceStub:
     an unknown namespace; FAILED_PRECONDITION when no backend meets its needs.
     """
     CreateNamespace: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CreateNamespaceRequest, _admin_pb2.Namespace]
-    """Declare a namespace from its needs. PERMISSION_DENIED unless the caller
-    has the admin grant and the operator's policy allows run-time namespaces;
-    ALREADY_EXISTS for a name in use with other needs (the same needs again
-    is a success); FAILED_PRECONDITION when no backend meets the needs.
+    """Declare a namespace from its needs, as a `namespaces:` entry of
+    prism.yaml would, plan it and provision it. PERMISSION_DENIED unless the
+    caller has the admin grant on the name and the operator's policy
+    (gateway.create_namespaces) allows it, on that backend;
+    INVALID_ARGUMENT naming the field for settings prism.yaml would refuse;
+    ALREADY_EXISTS for a name in use with other settings, or declared in
+    prism.yaml (the same settings again is a success, so clients may declare
+    their namespaces at every start-up); FAILED_PRECONDITION when no backend
+    meets the needs; RESOURCE_EXHAUSTED past the policy's max_namespaces.
+    A run-time namespace lasts until the gateway restarts; its data stays on
+    the backend, so declaring it again reattaches it.
     """
 
 @_typing.type_check_only
@@ -56,10 +63,17 @@ class AdminServiceAsyncStub(AdminServiceStub):
     an unknown namespace; FAILED_PRECONDITION when no backend meets its needs.
     """
     CreateNamespace: _aio.UnaryUnaryMultiCallable[_admin_pb2.CreateNamespaceRequest, _admin_pb2.Namespace]  # type: ignore[assignment]
-    """Declare a namespace from its needs. PERMISSION_DENIED unless the caller
-    has the admin grant and the operator's policy allows run-time namespaces;
-    ALREADY_EXISTS for a name in use with other needs (the same needs again
-    is a success); FAILED_PRECONDITION when no backend meets the needs.
+    """Declare a namespace from its needs, as a `namespaces:` entry of
+    prism.yaml would, plan it and provision it. PERMISSION_DENIED unless the
+    caller has the admin grant on the name and the operator's policy
+    (gateway.create_namespaces) allows it, on that backend;
+    INVALID_ARGUMENT naming the field for settings prism.yaml would refuse;
+    ALREADY_EXISTS for a name in use with other settings, or declared in
+    prism.yaml (the same settings again is a success, so clients may declare
+    their namespaces at every start-up); FAILED_PRECONDITION when no backend
+    meets the needs; RESOURCE_EXHAUSTED past the policy's max_namespaces.
+    A run-time namespace lasts until the gateway restarts; its data stays on
+    the backend, so declaring it again reattaches it.
     """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -87,10 +101,17 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.CreateNamespaceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.Namespace, _abc.Awaitable[_admin_pb2.Namespace]]:
-        """Declare a namespace from its needs. PERMISSION_DENIED unless the caller
-        has the admin grant and the operator's policy allows run-time namespaces;
-        ALREADY_EXISTS for a name in use with other needs (the same needs again
-        is a success); FAILED_PRECONDITION when no backend meets the needs.
+        """Declare a namespace from its needs, as a `namespaces:` entry of
+        prism.yaml would, plan it and provision it. PERMISSION_DENIED unless the
+        caller has the admin grant on the name and the operator's policy
+        (gateway.create_namespaces) allows it, on that backend;
+        INVALID_ARGUMENT naming the field for settings prism.yaml would refuse;
+        ALREADY_EXISTS for a name in use with other settings, or declared in
+        prism.yaml (the same settings again is a success, so clients may declare
+        their namespaces at every start-up); FAILED_PRECONDITION when no backend
+        meets the needs; RESOURCE_EXHAUSTED past the policy's max_namespaces.
+        A run-time namespace lasts until the gateway restarts; its data stays on
+        the backend, so declaring it again reattaches it.
         """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
