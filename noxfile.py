@@ -179,3 +179,16 @@ def services(session: nox.Session) -> None:
     session.run(
         "python", "-m", "tools.services", *(session.posargs or ["status"]), env={"PYTHONPATH": str(ROOT)}
     )
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """Benchmarks: Prism against the raw drivers and a bare gRPC server (benchmarks/README.md).
+
+    `-- --quick` runs in under 5 minutes, `-- --only gateway` picks groups, `-- --profile`
+    records py-spy profiles. Scenarios whose service is not up are skipped and listed.
+    Writes benchmarks/results/latest.{json,md,png}; never fails on speed.
+    """
+    _install_members(session)
+    session.install("matplotlib==3.11.2", "py-spy==0.4.3", "pyinstrument==5.1.3")
+    session.run("python", "-m", "benchmarks", *session.posargs, env={"PYTHONPATH": str(ROOT)})
