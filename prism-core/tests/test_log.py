@@ -57,3 +57,27 @@ def test_configured_structlog_is_used_as_configured() -> None:
     assert '"event": "routine"' in result.stderr
     assert '"n": 2' in result.stderr
     assert "chatty detail" not in result.stderr
+
+
+def test_enabled_says_whether_an_event_would_be_emitted() -> None:
+    result = _run(
+        """
+        import structlog
+        from prism.log import get_logger
+        log = get_logger("prism.access")
+        print("unconfigured", log.enabled("info"), log.enabled("warning"))
+        from prism.logging_setup import configure_logging
+        configure_logging("info")
+        print("app at info", log.enabled("debug"), log.enabled("info"))
+        configure_logging("error")
+        print("app at error", log.enabled("info"))
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory())
+        print("structlog printing", log.enabled("debug"))
+        """
+    )
+    assert result.stdout.splitlines() == [
+        "unconfigured False True",
+        "app at info False True",
+        "app at error False",
+        "structlog printing True",
+    ]

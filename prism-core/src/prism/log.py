@@ -55,6 +55,16 @@ class Logger:
         text = event + "".join(f" {key}={value!r}" for key, value in fields.items())
         self._stdlib.log(numeric, "%s", text, exc_info=exc_info, extra={"prism": fields})
 
+    def enabled(self, level: str) -> bool:
+        """Whether an event at ``level`` would be emitted, so that a hot path
+        can skip building it. Conservative: True unless the standard library
+        logger that would receive it is known to drop it."""
+        if structlog.is_configured():
+            factory = structlog.get_config().get("logger_factory")
+            if not isinstance(factory, structlog.stdlib.LoggerFactory):
+                return True  # structlog renders by itself; it decides
+        return self._stdlib.isEnabledFor(_LEVELS[level])
+
     def debug(self, event: str, **kwargs: Any) -> None:
         self._log("debug", event, kwargs)
 

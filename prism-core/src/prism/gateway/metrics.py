@@ -28,7 +28,7 @@ or clash over series.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, start_http_server
 
@@ -111,8 +111,42 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        self._series: dict[tuple[str, str, str], CallSeries] = {}
+
+    def series(self, namespace: str, operation: str, backend: str) -> CallSeries:
+        """The labelled series of one (namespace, operation, backend), looked
+        up once: ``labels()`` costs a lock and a dict walk per call otherwise."""
+        key = (namespace, operation, backend)
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = CallSeries(self, key)
+        return found
+
     def breaker_changed(self, backend: str, state: BreakerState) -> None:
         self.breaker_state.labels(backend).state(state.value)
+
+
+class CallSeries:
+    """The series one kind of call updates: its latency, its in-flight gauge,
+    and its request and error counters per status code."""
+
+    def __init__(self, metrics: GatewayMetrics, labels: tuple[str, str, str]) -> None:
+        self._metrics = metrics
+        self._labels = labels
+        self.latency = metrics.latency.labels(*labels)
+        self.in_flight = metrics.in_flight.labels(*labels)
+        self._by_code: dict[str, tuple[Any, Any | None]] = {}
+
+    def finished(self, code: str, elapsed_s: float) -> None:
+        counters = self._by_code.get(code)
+        if counters is None:
+            requests = self._metrics.requests.labels(*self._labels, code)
+            errors = self._metrics.errors.labels(*self._labels, code) if code != "OK" else None
+            counters = self._by_code[code] = (requests, errors)
+        counters[0].inc()
+        if counters[1] is not None:
+            counters[1].inc()
+        self.latency.observe(elapsed_s)
 
 
 class MetricsServer:

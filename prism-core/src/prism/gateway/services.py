@@ -56,7 +56,7 @@ from prism.gateway.status import (
     to_grpc_status,
 )
 from prism.gateway.subscriptions import DEFAULT_MAX_IN_FLIGHT, Stopped, Subscription, Subscriptions
-from prism.log import get_logger
+from prism.log import Logger, get_logger
 from prism.planner import (
     NamespacePlan,
     effective_max_message_bytes,
@@ -74,7 +74,7 @@ log = get_logger(__name__)
 #: One line per call, at info: method, namespace, backend, status code,
 #: duration, token name, peer and request id. Its own logger, so an operator
 #: can route or silence it apart from the gateway's other events.
-access_log = get_logger("prism.access")
+access_log: Logger = get_logger("prism.access")
 
 #: The namespace calls that concern the whole gateway (ListNamespaces) run under.
 ADMIN_SCOPE = "*"
@@ -218,7 +218,7 @@ class Calls:
         cause = ""
         failure: BaseException | status_pb2.Status | None = None
         remaining = context.time_remaining()
-        in_flight = self.metrics.in_flight.labels(call.label, method, call.backend_label)
+        in_flight = self.metrics.series(call.label, method, call.backend_label).in_flight
         in_flight.inc()
         try:
             async with asyncio.timeout(remaining) as scope:
@@ -300,11 +300,9 @@ class _Call:
     def record(self, code: str) -> float:
         """Count the call and write its access log line; its duration in seconds."""
         elapsed = time.monotonic() - self.started
-        metrics = self.calls.metrics
-        metrics.requests.labels(self.label, self.method, self.backend_label, code).inc()
-        metrics.latency.labels(self.label, self.method, self.backend_label).observe(elapsed)
-        if code != "OK":
-            metrics.errors.labels(self.label, self.method, self.backend_label, code).inc()
+        self.calls.metrics.series(self.label, self.method, self.backend_label).finished(code, elapsed)
+        if not access_log.enabled("info"):
+            return elapsed  # skip building a line nobody will see
         access_log.info(
             "rpc",
             method=self.method,
