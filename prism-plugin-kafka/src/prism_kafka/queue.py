@@ -115,7 +115,14 @@ class KafkaQueue:
             ) from exc
         if not metadata.brokers:
             raise BackendError(f"{self._where()}: the cluster lists no brokers; check bootstrap_servers")
-        producer_config = self._client_config()
+        producer_config = {
+            # publish() waits for the delivery reports of what it sent, so
+            # lingering only adds latency: librdkafka's default of 5 ms was most
+            # of a publish's time (benchmarks/README.md). Publishes made while a
+            # produce request is in flight still batch. client_config may set it.
+            "linger.ms": 0,
+            **self._client_config(),
+        }
         producer_config.update(
             {
                 "enable.idempotence": True,
