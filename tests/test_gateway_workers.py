@@ -215,3 +215,34 @@ def test_a_port_in_use_is_refused_not_shared(tmp_path: Path) -> None:
         )
     assert result.returncode == 2, result.stderr
     assert f"cannot listen on {address}" in result.stderr
+
+
+def test_run_time_namespaces_are_refused_with_workers(tmp_path: Path) -> None:
+    config = tmp_path / "prism.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "backends": {"local": {"plugin": "sqlite", "path": str(tmp_path / "p.db")}},
+                "gateway": {"create_namespaces": {"allow": True}},
+            }
+        )
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prism",
+            "serve",
+            "--config",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "gateway.create_namespaces allows run-time namespaces" in result.stderr

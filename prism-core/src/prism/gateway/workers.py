@@ -78,8 +78,8 @@ def check(config: Config, listen: str) -> None:
             "data inside one process (memory, or SQLite at :memory:), so each worker would serve its own "
             "copy; use a shared datastore (a SQLite file, Redis, ...) or run one worker"
         )
-    policy: Any = getattr(config.gateway, "create_namespaces", None)
-    if policy is not None and getattr(policy, "allow", False):
+    policy = config.gateway.create_namespaces
+    if policy is not None and policy.allow:
         raise WorkersError(
             "--workers: gateway.create_namespaces allows run-time namespaces, and each worker would know "
             "only those created through it; declare the namespaces in prism.yaml, or run one worker"
