@@ -71,7 +71,9 @@ def test_enabled_says_whether_an_event_would_be_emitted() -> None:
         print("app at info", log.enabled("debug"), log.enabled("info"))
         configure_logging("error")
         print("app at error", log.enabled("info"))
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory())
+        with structlog.testing.capture_logs():
+            print("captured", log.enabled("debug"))
+        structlog.configure(processors=[structlog.processors.JSONRenderer()])
         print("structlog printing", log.enabled("debug"))
         """
     )
@@ -79,5 +81,6 @@ def test_enabled_says_whether_an_event_would_be_emitted() -> None:
         "unconfigured False True",
         "app at info False True",
         "app at error False",
+        "captured True",
         "structlog printing True",
     ]

@@ -59,10 +59,14 @@ class Logger:
         """Whether an event at ``level`` would be emitted, so that a hot path
         can skip building it. Conservative: True unless the standard library
         logger that would receive it is known to drop it."""
-        if structlog.is_configured():
-            factory = structlog.get_config().get("logger_factory")
-            if not isinstance(factory, structlog.stdlib.LoggerFactory):
-                return True  # structlog renders by itself; it decides
+        # Configured structlog drops an event by the standard library's level
+        # before the processors see it only with filter_by_level; any other
+        # chain (a renderer of its own, structlog.testing.capture_logs) sees all.
+        if (
+            structlog.is_configured()
+            and structlog.stdlib.filter_by_level not in structlog.get_config()["processors"]
+        ):
+            return True
         return self._stdlib.isEnabledFor(_LEVELS[level])
 
     def debug(self, event: str, **kwargs: Any) -> None:
