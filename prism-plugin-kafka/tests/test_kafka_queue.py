@@ -61,7 +61,12 @@ def test_publish_and_consume_round_trip(kafka_bootstrap: str, kafka_prefix: str)
         ids = await q.publish("orders", [msg("k1", "one", headers={"trace": "abc"}), msg("", "two")])
         assert len(set(ids)) == 2
         assert all(offset_of(i) for i in ids)
-        got = await q.consume("orders", "billing", max_messages=10)
+        # The two messages are on two partitions, which the reader fetches
+        # separately: gather until both arrived, with a deadline.
+        got: list[prism.Delivery] = []
+        deadline = asyncio.get_running_loop().time() + 30
+        while len(got) < 2 and asyncio.get_running_loop().time() < deadline:
+            got += await q.consume("orders", "billing", max_messages=10, wait=5)
         assert sorted(d.id for d in got) == sorted(ids)
         first = next(d for d in got if d.id == ids[0])
         assert (first.key, first.payload, first.headers) == (b"k1", b"one", {"trace": b"abc"})
