@@ -97,6 +97,28 @@ def write_config(tmp_path: Path, backend: dict[str, Any]) -> Path:
     return path
 
 
+def serve_two_workers(config: Path, address: str) -> subprocess.CompletedProcess[str]:
+    """``prism serve --workers 2`` that is expected to refuse and exit."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prism",
+            "serve",
+            "--config",
+            str(config),
+            "--listen",
+            address,
+            "--workers",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE_S,
+        cwd=config.parent,
+    )
+
+
 def test_two_workers_share_the_port_serve_calls_and_drain_together(tmp_path: Path) -> None:
     config = write_config(tmp_path, {"plugin": "sqlite", "path": str(tmp_path / "prism.db")})
     port, metrics_port = free_port(), free_port()
@@ -167,24 +189,7 @@ def test_what_workers_cannot_serve_is_refused(
 ) -> None:
     config = write_config(tmp_path, backend)
     address = listen or f"127.0.0.1:{free_port()}"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "prism",
-            "serve",
-            "--config",
-            str(config),
-            "--listen",
-            address,
-            "--workers",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE_S,
-        cwd=tmp_path,
-    )
+    result = serve_two_workers(config, address)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -196,23 +201,7 @@ def test_a_port_in_use_is_refused_not_shared(tmp_path: Path) -> None:
         holder.bind(("127.0.0.1", 0))
         holder.listen(1)
         address = f"127.0.0.1:{holder.getsockname()[1]}"
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "prism",
-                "serve",
-                "--config",
-                str(config),
-                "--listen",
-                address,
-                "--workers",
-                "2",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=DEADLINE_S,
-        )
+        result = serve_two_workers(config, address)
     assert result.returncode == 2, result.stderr
     assert f"cannot listen on {address}" in result.stderr
 
@@ -227,22 +216,6 @@ def test_run_time_namespaces_are_refused_with_workers(tmp_path: Path) -> None:
             }
         )
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "prism",
-            "serve",
-            "--config",
-            str(config),
-            "--listen",
-            f"127.0.0.1:{free_port()}",
-            "--workers",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE_S,
-    )
+    result = serve_two_workers(config, f"127.0.0.1:{free_port()}")
     assert result.returncode == 2, result.stderr
     assert "gateway.create_namespaces allows run-time namespaces" in result.stderr

@@ -31,7 +31,6 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable
-from typing import Final
 
 from prism.config import BreakerConfig, GatewayLimits
 from prism.errors import BreakerOpen, Overloaded
@@ -185,7 +184,3 @@ class Breakers:
 
     def states(self) -> dict[str, BreakerState]:
         return {name: breaker.state for name, breaker in self._by_backend.items()}
-
-
-#: Shown for calls whose namespace does not resolve to a backend.
-NO_BACKEND: Final = ""
