@@ -266,3 +266,30 @@ def test_sync_subscription_and_consumer(gateway: GatewayThread) -> None:
         assert [d.attempt for d in orders.consume("t", "g", wait=5)] == [3]
         with pytest.raises(prism.InvalidArgument, match="this consumer is closed"):
             consumer.consume()
+
+
+def test_a_stream_close_abandoned_by_its_handler_finishes_before_the_gateway_lets_go(tmp_path: Path) -> None:
+    """The gateway stops its server, then closes the backends. A stream
+    handler's cleanup can still be running in between (its status already
+    sent); ``close_all`` must wait for that close, or the deliveries it holds
+    are not given back and wait out a ten-minute visibility timeout."""
+    from prism.gateway.subscriptions import Subscription, Subscriptions
+
+    async def body() -> list[tuple[bytes, int]]:
+        async with prism.open_async(sqlite_config(tmp_path)) as db:
+            queue = db.queue("orders")
+            await queue.publish("t", [prism.Message(key=b"k", payload=b"m1")])
+            consumer = queue.consumer("t", "g")
+            assert [d.payload for d in await consumer.consume(1, 0)] == [b"m1"]
+            subscriptions = Subscriptions()
+            subscription = Subscription("orders", queue, consumer, 10)
+            subscriptions.add(subscription)
+            handler = asyncio.create_task(subscriptions.close(subscription))
+            await asyncio.sleep(0)  # the handler starts the close ...
+            handler.cancel()  # ... and is cancelled, as grpc does at the end of the grace period
+            await subscriptions.close_all()
+            assert len(subscriptions) == 0
+            again = await queue.consume("t", "g", 10, 0)
+            return [(d.payload, d.attempt) for d in again]
+
+    assert asyncio.run(body()) == [(b"m1", 2)]

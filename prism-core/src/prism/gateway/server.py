@@ -170,6 +170,9 @@ class Gateway:
         await self.health.enter_graceful_shutdown()
         self.subscriptions.stop_all()
         await self._server.stop(grace)
+        # A stream's status can reach its client before the handler's cleanup
+        # ran; the deliveries must be given back before the backends close.
+        await self.subscriptions.close_all()
         if self.metrics_server is not None:
             # Last: a scrape during the drain still sees the calls finishing.
             self.metrics_server.stop()

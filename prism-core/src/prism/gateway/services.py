@@ -487,6 +487,8 @@ class QueueService(queue_pb2_grpc.QueueServiceServicer):
                 for delivery in batch:
                     yield queue_pb2.SubscribeResponse(delivery=convert.delivery_to_proto(delivery))
         except Stopped:
+            # Give back first, so a client that sees the status can count on it.
+            await self._give_back(subscription, request_id)
             status = plain_status(
                 grpc.StatusCode.UNAVAILABLE,
                 f"namespace {request.namespace!r}: the gateway is shutting down; the deliveries this stream "
@@ -497,23 +499,25 @@ class QueueService(queue_pb2_grpc.QueueServiceServicer):
         except Exception as exc:
             await self._calls.fail(context, "Subscribe", request.namespace, request_id, exc)
         finally:
-            self._subscriptions.remove(subscription)
-            # Shielded: the stream usually ends by cancellation (the client went
-            # away), and the leases must come back even so.
-            try:
-                await asyncio.shield(subscription.consumer.close())
-            except Exception as exc:
-                # The stream's own status is already decided; what it held comes
-                # back after the visibility timeout instead of at once.
-                log.warning(
-                    "subscription could not give back its deliveries; they come back after the "
-                    "visibility timeout",
-                    request_id=request_id,
-                    namespace=request.namespace,
-                    subscription_id=subscription.id,
-                    error=f"{type(exc).__name__}: {exc}",
-                )
+            # The stream usually ends by cancellation (the client went away), and
+            # the leases must come back even so: the close is shielded.
+            await self._give_back(subscription, request_id)
             log.debug("subscription closed", namespace=request.namespace, subscription_id=subscription.id)
+
+    async def _give_back(self, subscription: Subscription, request_id: str) -> None:
+        try:
+            await self._subscriptions.close(subscription)
+        except Exception as exc:
+            # The stream's own status is already decided; what it held comes
+            # back after the visibility timeout instead of at once.
+            log.warning(
+                "subscription could not give back its deliveries; they come back after the "
+                "visibility timeout",
+                request_id=request_id,
+                namespace=subscription.namespace,
+                subscription_id=subscription.id,
+                error=f"{type(exc).__name__}: {exc}",
+            )
 
     def _subscription_for(
         self, namespace: str, topic: str, group: str, subscription_id: str

@@ -127,6 +127,8 @@ class Subscriptions:
     def __init__(self) -> None:
         self._open: dict[str, Subscription] = {}
         self._stopping = asyncio.Event()
+        #: subscription id -> its consumer's close, started once.
+        self._closing: dict[str, asyncio.Future[None]] = {}
 
     def __len__(self) -> int:
         return len(self._open)
@@ -137,8 +139,38 @@ class Subscriptions:
     def get(self, subscription_id: str) -> Subscription | None:
         return self._open.get(subscription_id)
 
-    def remove(self, subscription: Subscription) -> None:
-        self._open.pop(subscription.id, None)
+    async def close(self, subscription: Subscription) -> None:
+        """Close the stream's consumer, giving back what it holds and did not
+        ack, and forget the stream. Safe to call more than once and from more
+        than one place (the stream's own cleanup and :meth:`close_all`); every
+        caller waits for the one close. The close goes on even if the caller is
+        cancelled, because the leases must come back.
+
+        :raises prism.PrismError: the backend could not take the deliveries
+            back; they come back after the visibility timeout instead.
+        """
+        closing = self._closing.get(subscription.id)
+        if closing is None:
+            closing = asyncio.ensure_future(subscription.consumer.close())
+            self._closing[subscription.id] = closing
+
+            def forget(_: asyncio.Future[None]) -> None:
+                self._open.pop(subscription.id, None)
+                self._closing.pop(subscription.id, None)
+
+            closing.add_done_callback(forget)
+        await asyncio.shield(closing)
+
+    async def close_all(self) -> None:
+        """Close every stream still open or closing, and wait until each has
+        given back its deliveries (or failed to). The gateway calls this after
+        its server stopped and before the backends close: a stream handler's
+        own cleanup may still be running when the server reports it done."""
+        for subscription in list(self._open.values()):
+            with contextlib.suppress(Exception):
+                await self.close(subscription)
+        if self._closing:
+            await asyncio.wait(list(self._closing.values()))
 
     @property
     def stopping(self) -> bool:
