@@ -31,7 +31,7 @@ class Group:
 
 
 def _groups() -> list[Group]:
-    from benchmarks import gateway, kv_embedded, queue_kafka
+    from benchmarks import gateway, kv_embedded, queue_embedded, queue_kafka
 
     return [
         Group("keyvalue embedded sqlite", (), lambda s, p, sv: kv_embedded.run_sqlite(s, p)),
@@ -39,6 +39,17 @@ def _groups() -> list[Group]:
             "keyvalue embedded redis",
             ("redis",),
             lambda s, p, sv: kv_embedded.run_redis(s, p, sv.redis_url or ""),
+        ),
+        Group("keyvalue embedded memory", (), lambda s, p, sv: kv_embedded.run_memory(s, p)),
+        Group(
+            "keyvalue embedded cassandra",
+            ("cassandra",),
+            lambda s, p, sv: kv_embedded.run_cassandra(s, p, sv.cassandra or ""),
+        ),
+        Group(
+            "keyvalue embedded dynamodb",
+            ("dynamodb",),
+            lambda s, p, sv: kv_embedded.run_dynamodb(s, p, sv.dynamodb_url or ""),
         ),
         Group("gateway saturation memory", (), lambda s, p, sv: gateway.run_saturation_memory(s, p)),
         Group(
@@ -53,21 +64,39 @@ def _groups() -> list[Group]:
             lambda s, p, sv: gateway.run_workers_redis(s, p, sv.redis_url or ""),
         ),
         Group(
+            "gateway 1MiB redis",
+            ("redis",),
+            lambda s, p, sv: gateway.run_large_redis(s, p, sv.redis_url or ""),
+        ),
+        Group(
             "queue publish kafka",
             ("kafka",),
             lambda s, p, sv: queue_kafka.run_publish(s, p, sv.kafka or ""),
         ),
+        Group("queue publish sqlite", (), lambda s, p, sv: queue_embedded.run_publish_sqlite(s, p)),
+        Group(
+            "queue publish redis",
+            ("redis",),
+            lambda s, p, sv: queue_embedded.run_publish_redis(s, p, sv.redis_url or ""),
+        ),
+        Group(
+            "queue publish-to-ack kafka",
+            ("kafka",),
+            lambda s, p, sv: queue_kafka.run_round_trip(s, p, sv.kafka or ""),
+        ),
+        Group(
+            "queue publish-to-ack redis",
+            ("redis",),
+            lambda s, p, sv: queue_embedded.run_round_trip_redis(s, p, sv.redis_url or ""),
+        ),
+        Group("queue publish-to-ack sqlite", (), lambda s, p, sv: queue_embedded.run_round_trip_sqlite(s, p)),
     ]
 
 
 async def _run(settings: Settings, only: str | None, progress: Progress) -> tuple[list[Result], list[Skip]]:
     services = discover()
     results: list[Result] = []
-    skips: list[Skip] = [
-        Skip(f"keyvalue on {name}", why)
-        for name, why in services.missing.items()
-        if name in {"cassandra", "dynamodb"}
-    ]
+    skips: list[Skip] = []
     for group in _groups():
         if only and not fnmatch.fnmatch(group.name, f"*{only}*"):
             continue

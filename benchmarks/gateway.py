@@ -10,6 +10,11 @@
   the same puts embedded (``prism.open_async``, as many in flight).
 * Saturation, single-item get on redis, ``prism serve --workers 2`` against
   ``--workers 1``.
+* 1 MiB get and put on redis (4 chunks of 256 KiB), closed loop with one call
+  in flight: Prism's remote client through the gateway against redis-py doing
+  the plugin's commands for a chunked value (:class:`RawRedis`), from the same
+  client process. Closed loop, not a fixed rate: at 1 MiB a call, the rate a
+  fixed-rate run could hold would be set by the slower side.
 """
 
 from __future__ import annotations
@@ -23,14 +28,23 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 import prism
-from benchmarks.harness import Progress, Result, Settings, Target, concurrent_closed_loop, interleaved
+from benchmarks.harness import (
+    Op,
+    Progress,
+    Result,
+    Settings,
+    Target,
+    closed_loop,
+    concurrent_closed_loop,
+    interleaved,
+)
 from benchmarks.loadgen import GhzRun, fixed_rate, run_ghz
 from benchmarks.profiling import finish_spy, start_spy
 from benchmarks.raw_redis import RawRedis
@@ -365,3 +379,82 @@ async def run_workers_redis(settings: Settings, progress: Progress, url: str) ->
         WORKERS_TARGET,
         _ghz_notes(two_runs, one_runs, concurrency),
     )
+
+
+LARGE = bytes((7 + i) % 251 for i in range(1024 * 1024))
+
+
+def _looped(op: Op, calls: int) -> Callable[[], Awaitable[Sample]]:
+    return lambda: closed_loop(op, calls)
+
+
+CHUNK_BYTES = 256 * 1024
+
+
+async def run_large_redis(settings: Settings, progress: Progress, url: str) -> AsyncIterator[Result]:
+    prefix = f"prismbenchgl{os.getpid()}"
+    config = gateway_config(
+        {"plugin": "redis", "url": url, "key_prefix": prefix, "max_item_bytes": f"{CHUNK_BYTES}B"}
+    )
+    raw = RawRedis(url, prefix, NAMESPACE)
+    # A 1 MiB call takes milliseconds: more calls than embedded, so a repetition lasts ~0.25 s.
+    calls = max(20, settings.large_ops * 5)
+    results: list[Result] = []
+    try:
+        with prism_serve(config, settings, "gateway-redis-large") as (address, _):
+            async with prism.connect_async(f"grpc://{address}") as db:
+                kv = db.keyvalue(NAMESPACE)
+                big = prism.Keys([b"v"])
+                await kv.put_items("big", {b"v": LARGE})
+                assert [i.value for i in (await kv.get_items("big", big)).items] == [LARGE]
+                assert await raw.get_chunked("big", b"v") == LARGE
+                cases: list[tuple[str, Op, Op]] = [
+                    (
+                        "kv.get 1MiB (4 chunks)",
+                        lambda i: kv.get_items("big", big),
+                        lambda i: raw.get_chunked("big", b"v"),
+                    ),
+                    (
+                        "kv.put 1MiB (4 chunks)",
+                        lambda i: kv.put_items("big-prism", {b"v": LARGE}),
+                        lambda i: raw.put_chunked("big-raw", b"v", LARGE, CHUNK_BYTES),
+                    ),
+                ]
+                for label, prism_op, raw_op in cases:
+                    for w in range(3):
+                        await prism_op(w)
+                        await raw_op(w)
+                    progress.say(
+                        f"gateway {label}, redis, closed loop: {calls} calls x {settings.repetitions} reps"
+                    )
+                    p, b = await interleaved(
+                        settings.repetitions,
+                        _looped(prism_op, calls),
+                        _looped(raw_op, calls),
+                        progress,
+                        label,
+                    )
+                    results.append(
+                        Result(
+                            label,
+                            "keyvalue",
+                            "redis",
+                            "gateway closed loop",
+                            p,
+                            "raw redis-py asyncio (same client)",
+                            b,
+                            None,
+                            {
+                                "loadgen": "one call in flight: Prism's remote client vs redis-py (HMGET+LRANGE, "
+                                "MULTI/EXEC RPUSH + the plugin's write script)",
+                                "calls_per_rep": calls,
+                            },
+                        )
+                    )
+                # The raw side's chunked write reads back through the gateway too.
+                assert [i.value for i in (await kv.get_items("big-raw", big)).items] == [LARGE]
+    finally:
+        await raw.delete_prefix(prefix + ":")
+        await raw.close()
+    for result in results:
+        yield result

@@ -21,6 +21,9 @@ _EXPORT = re.compile(r"^export\s+(PRISM_TEST_[A-Z_]+)=(.*)$")
 class Services:
     redis_url: str | None
     kafka: str | None
+    #: ``host:port`` of Cassandra's native transport.
+    cassandra: str | None
+    dynamodb_url: str | None
     #: Why each missing service is missing.
     missing: dict[str, str]
 
@@ -72,6 +75,40 @@ def _kafka_ok(bootstrap: str) -> str | None:
     return None if metadata.brokers else f"the cluster at {bootstrap} lists no brokers"
 
 
+def _cassandra_ok(address: str) -> str | None:
+    host, _, port = address.rpartition(":")
+    if not _tcp_open(host or "127.0.0.1", int(port)):
+        return f"nothing listens on {address}"
+    from cassandra.cluster import Cluster
+
+    cluster = Cluster(contact_points=[host or "127.0.0.1"], port=int(port), connect_timeout=5)
+    try:
+        cluster.connect().execute("SELECT release_version FROM system.local", timeout=5)
+    except Exception as exc:
+        return f"no answer to CQL at {address}: {exc}"
+    finally:
+        cluster.shutdown()
+    return None
+
+
+def _dynamodb_ok(url: str) -> str | None:
+    parts = urlsplit(url)
+    if not _tcp_open(parts.hostname or "127.0.0.1", parts.port or 80):
+        return f"nothing listens at {url}"
+    import boto3  # type: ignore[import-untyped]
+
+    client = boto3.session.Session(
+        aws_access_key_id="test", aws_secret_access_key="test", region_name="us-east-1"
+    ).client("dynamodb", endpoint_url=url)
+    try:
+        client.list_tables(Limit=1)
+    except Exception as exc:
+        return f"no answer to ListTables at {url}: {exc}"
+    finally:
+        client.close()
+    return None
+
+
 def discover() -> Services:
     declared = _declared()
     missing: dict[str, str] = {}
@@ -94,10 +131,20 @@ def discover() -> Services:
         why = _kafka_ok(kafka)
         if why:
             missing["kafka"], kafka = why, None
-    for name, var in (("cassandra", "PRISM_TEST_CASSANDRA"), ("dynamodb", "PRISM_TEST_DYNAMODB_URL")):
-        missing[name] = (
-            "no scenario measures it yet (see benchmarks/README.md)"
-            if var in declared
-            else "not running, and no scenario measures it yet"
-        )
-    return Services(redis_url=redis_url, kafka=kafka, missing=missing)
+    cassandra = declared.get("PRISM_TEST_CASSANDRA")
+    if cassandra is None:
+        missing["cassandra"] = "not running (start it: ./dev -s services -- up cassandra)"
+    else:
+        why = _cassandra_ok(cassandra)
+        if why:
+            missing["cassandra"], cassandra = why, None
+    dynamodb_url = declared.get("PRISM_TEST_DYNAMODB_URL")
+    if dynamodb_url is None:
+        missing["dynamodb"] = "not running (start it: ./dev -s services -- up dynamodb)"
+    else:
+        why = _dynamodb_ok(dynamodb_url)
+        if why:
+            missing["dynamodb"], dynamodb_url = why, None
+    return Services(
+        redis_url=redis_url, kafka=kafka, cassandra=cassandra, dynamodb_url=dynamodb_url, missing=missing
+    )
