@@ -69,7 +69,9 @@ def test_builtin_memory_registers_like_a_plugin() -> None:
     plugins = load_plugins(disabled=())
     memory = next(p for p in plugins.loaded if p.name == "memory")
     assert memory.distribution == "prism-core"
-    assert memory.abstractions == ("keyvalue", "queue")
+    assert memory.abstractions == ("counter", "keyvalue", "queue", "timeseries")
+    assert {"counter.best_effort", "counter.exact"} <= set(memory.capabilities)
+    assert "memory" in plugins.registry.timeseries
     assert "queue.ordered_by_key" in memory.capabilities
     assert "memory" in plugins.registry.queue
     assert "kv.atomic_mutate" in memory.capabilities

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from prism.client import AsyncPrism, Consumer, KeyValue, Prism, Queue, open, open_async
+from prism.client import AsyncPrism, Consumer, Counter, KeyValue, Prism, Queue, TimeSeries, open, open_async
+from prism.counter.namespace import AsyncCounter
 from prism.errors import (
     BackendError,
     BreakerOpen,
@@ -45,6 +46,8 @@ from prism.models import (
     AllItems,
     Delete,
     Delivery,
+    Event,
+    EventsPage,
     IdempotencyToken,
     Item,
     ItemsPage,
@@ -55,19 +58,25 @@ from prism.models import (
     RecordsPage,
 )
 from prism.queue.namespace import AsyncConsumer, AsyncQueue
+from prism.timeseries.namespace import AsyncTimeSeries
 
 __all__ = [
     "AllItems",
     "AsyncConsumer",
+    "AsyncCounter",
     "AsyncKeyValue",
     "AsyncPrism",
     "AsyncQueue",
+    "AsyncTimeSeries",
     "BackendError",
     "BreakerOpen",
     "ConfigError",
     "Consumer",
+    "Counter",
     "Delete",
     "Delivery",
+    "Event",
+    "EventsPage",
     "IdempotencyToken",
     "InvalidArgument",
     "InvalidPageToken",
@@ -86,6 +95,7 @@ __all__ = [
     "Put",
     "Queue",
     "RecordsPage",
+    "TimeSeries",
     "Unsupported",
     "WrongAbstraction",
     "connect",

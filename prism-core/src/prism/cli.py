@@ -12,8 +12,9 @@ import importlib
 import json
 import os
 import sys
+import uuid
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
 from prism import capabilities as caps
@@ -24,7 +25,17 @@ from prism.errors import ConfigError, PrismError
 from prism.gateway.command import add_serve_parser
 from prism.gateway.tokens import add_token_parser
 from prism.logging_setup import configure_logging
-from prism.models import AllItems, Delivery, Item, KeyRange, Keys, Message, Predicate
+from prism.models import (
+    AllItems,
+    Delivery,
+    Event,
+    IdempotencyToken,
+    Item,
+    KeyRange,
+    Keys,
+    Message,
+    Predicate,
+)
 from prism.planner import plan
 from prism.plugins.manager import PluginSet, load_plugins
 from prism.units import format_duration, parse_duration
@@ -92,7 +103,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.verbose:
         print("\nCapabilities:")
         for name, text in sorted(caps.DESCRIPTIONS.items()):
-            print(f"  {name:<18} {text}")
+            print(f"  {name:<28} {text}")
     return 0
 
 
@@ -408,6 +419,170 @@ def cmd_queue_ack(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- prism ts ------------------------------------------------------------------------------
+
+
+def _when(text: str, what: str) -> datetime:
+    """``now``, a duration relative to now (``-1h``, ``+30s``), or an ISO 8601
+    time (UTC when it has no offset)."""
+    now = datetime.now(UTC)
+    if text == "now":
+        return now
+    if text[:1] in "+-":
+        try:
+            delta = parse_duration(text[1:])
+        except ValueError as exc:
+            raise CliError(f"{what}: {exc}") from None
+        return now + delta if text[0] == "+" else now - delta
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(
+            f"{what} {text!r} is not a time: use now, -1h, +30s or ISO 8601 (2026-11-26T10:00:00Z)"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _tag(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise CliError(f"--tag {text!r} must look like NAME=VALUE")
+    return name, value
+
+
+def _event_from_json(line: str, number: int, encoding: str) -> Event:
+    try:
+        record = json.loads(line)
+        if not isinstance(record, dict):
+            raise ValueError("not an object")
+        tags = record.get("tags", {})
+        if not isinstance(tags, dict):
+            raise ValueError("tags must be an object")
+        return Event(
+            event_time=_when(str(record.get("time", "now")), f"line {number}: time"),
+            event_id=str(record.get("id") or uuid.uuid4()),
+            payload=_decode(str(record.get("payload", "")), encoding, f"line {number}: payload"),
+            tags={str(k): str(v) for k, v in tags.items()},
+        )
+    except ValueError as exc:
+        raise CliError(
+            f"--stdin line {number} is not an event ({exc}): give one JSON object per line, "
+            '{"time": "now", "id": "e1", "payload": "...", "tags": {"k": "v"}}'
+        ) from None
+
+
+def cmd_ts_write(args: argparse.Namespace) -> int:
+    if args.stdin:
+        if args.payloads:
+            raise CliError("give PAYLOADs or --stdin, not both")
+        events = [
+            _event_from_json(line, n, args.encoding) for n, line in enumerate(sys.stdin, 1) if line.strip()
+        ]
+    else:
+        if not args.payloads:
+            raise CliError(
+                "nothing to write: give one or more PAYLOADs, or --stdin with one JSON event per line"
+            )
+        if args.id is not None and len(args.payloads) > 1:
+            raise CliError("--id names one event; give one PAYLOAD with it")
+        when = _when(args.time, "--time")
+        tags = dict(_tag(t) for t in args.tag)
+        events = [
+            Event(
+                event_time=when,
+                event_id=args.id or str(uuid.uuid4()),
+                payload=_decode(p, args.encoding, "payload"),
+                tags=tags,
+            )
+            for p in args.payloads
+        ]
+    with _open_kv(args) as db:
+        ts = db.timeseries(args.namespace)
+        batch = ts.settings.max_events_per_call
+        for start in range(0, len(events), batch):
+            ts.write_events(args.series, events[start : start + batch])
+        for event in events:
+            print(f"{event.event_time.isoformat()}\t{event.event_id}")
+        print(
+            f"# wrote {len(events)} event(s) to {args.namespace}/{args.series} on backend {ts.backend_name}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_ts_read(args: argparse.Namespace) -> int:
+    start = _when(args.start, "--start")
+    end = _when(args.end, "--end")
+    with _open_kv(args) as db:
+        ts = db.timeseries(args.namespace)
+        token = args.page_token
+        shown = 0
+        while True:
+            page = ts.read_events(
+                args.series, start, end, order=args.order, limit=args.limit, page_token=token
+            )
+            for event in page.events:
+                payload = _encode(event.payload, args.encoding)
+                if args.json:
+                    record = {
+                        "time": event.event_time.isoformat(),
+                        "id": event.event_id,
+                        "payload": payload,
+                        "tags": dict(event.tags),
+                    }
+                    print(json.dumps(record, sort_keys=True))
+                else:
+                    tags = ",".join(f"{k}={v}" for k, v in sorted(event.tags.items()))
+                    print(f"{event.event_time.isoformat()}\t{event.event_id}\t{payload}\t{tags}")
+            shown += len(page.events)
+            token = page.next_page_token
+            if token is None or not args.all:
+                break
+        if token is not None:
+            print(f"# more events: --page-token {token}  (or --all)", file=sys.stderr)
+        print(f"# {shown} event(s)", file=sys.stderr)
+    return 0
+
+
+# -- prism counter -------------------------------------------------------------------------
+
+
+def _counter_token(text: str | None) -> IdempotencyToken | None:
+    if text is None:
+        return None
+    micros, sep, nonce = text.partition(":")
+    if not sep or not micros.isdigit() or not nonce:
+        raise CliError(
+            f"--token {text!r} must look like GENERATION_MICROS:NONCE, as printed by an earlier call; "
+            "reuse it only to retry that same call"
+        )
+    return IdempotencyToken(int(micros), nonce)
+
+
+def cmd_counter(args: argparse.Namespace) -> int:
+    with _open_kv(args) as db:
+        counter = db.counter(args.namespace)
+        if args.command_name == "get":
+            print(counter.get(args.counter))
+            return 0
+        token = _counter_token(args.token)
+        if counter.mode == "exact" and token is None:
+            token = IdempotencyToken.new()
+        if args.command_name == "add":
+            value = counter.add(args.counter, args.delta, token=token)
+            print(counter.get(args.counter) if value is None else value)
+        else:
+            counter.clear(args.counter, token=token)
+            print(0)
+        if token is not None:
+            print(
+                f"# token {token.generation_time_us}:{token.nonce} (pass it as --token to retry this "
+                f"{args.command_name} without applying it twice)",
+                file=sys.stderr,
+            )
+    return 0
+
+
 # -- argument parsing ------------------------------------------------------------------------
 
 
@@ -434,7 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("conformance", help="run the conformance suite against a backend")
     _add_config(p)
-    p.add_argument("--abstraction", default="keyvalue", choices=["keyvalue", "queue"])
+    p.add_argument(
+        "--abstraction", default="keyvalue", choices=["keyvalue", "queue", "timeseries", "counter"]
+    )
     p.add_argument("--report-dir", default="conformance-report", metavar="DIR")
     p.add_argument(
         "--target",
@@ -543,6 +720,70 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "nack":
             p.add_argument("--dead-letter", action="store_true", help="move them to the dead-letter topic")
         p.set_defaults(func=cmd_queue_ack, command_name=name)
+
+    ts = sub.add_parser("ts", help="TimeSeries operations").add_subparsers(dest="ts_command", required=True)
+
+    def ts_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        cmd = ts.add_parser(name, help=help_text)
+        _add_config(cmd)
+        cmd.add_argument(
+            "--encoding",
+            choices=["utf8", "hex", "base64"],
+            default="utf8",
+            help="how payloads are written and printed (default utf8)",
+        )
+        cmd.add_argument("namespace", metavar="NAMESPACE")
+        cmd.add_argument("series", metavar="SERIES")
+        return cmd
+
+    p = ts_command("write", "write events: prism ts write NS SERIES PAYLOAD [PAYLOAD ...]")
+    p.add_argument("payloads", nargs="*", metavar="PAYLOAD")
+    p.add_argument(
+        "--time", default="now", help="event time: now, ISO 8601, or relative as --time=-5m (default now)"
+    )
+    p.add_argument("--id", help="event id (default a random UUID per event); one PAYLOAD only")
+    p.add_argument("--tag", action="append", default=[], metavar="NAME=VALUE", help="add a tag")
+    p.add_argument(
+        "--stdin",
+        action="store_true",
+        help='read events from standard input, one JSON object per line: {"time", "id", "payload", "tags"}',
+    )
+    p.set_defaults(func=cmd_ts_write)
+
+    p = ts_command("read", "read events in a time range and print them")
+    p.add_argument(
+        "--start", default="-1h", help="inclusive: now, ISO 8601, or relative as --start=-2h (default -1h)"
+    )
+    p.add_argument(
+        "--end", default="+1m", help="exclusive: now, ISO 8601, or relative as --end=+5m (default +1m)"
+    )
+    p.add_argument("--order", choices=["asc", "desc"], default="asc")
+    p.add_argument("--limit", type=int, help="events per page (default: the namespace's max_page_events)")
+    p.add_argument("--page-token", help="continue from a previous read's page token")
+    p.add_argument("--all", action="store_true", help="follow page tokens to the end of the range")
+    p.add_argument("--json", action="store_true", help="print one JSON object per event")
+    p.set_defaults(func=cmd_ts_read)
+
+    counter = sub.add_parser("counter", help="Counter operations").add_subparsers(
+        dest="counter_command", required=True
+    )
+
+    def counter_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        cmd = counter.add_parser(name, help=help_text)
+        _add_config(cmd)
+        cmd.add_argument("namespace", metavar="NAMESPACE")
+        cmd.add_argument("counter", metavar="COUNTER")
+        cmd.set_defaults(func=cmd_counter, command_name=name)
+        return cmd
+
+    p = counter_command("add", "add to a counter and print its new value: prism counter add NS NAME [DELTA]")
+    p.add_argument(
+        "delta", nargs="?", type=int, default=1, metavar="DELTA", help="may be negative (default 1)"
+    )
+    p.add_argument("--token", help="exact mode: GENERATION_MICROS:NONCE of the add to retry")
+    p = counter_command("clear", "set a counter to 0")
+    p.add_argument("--token", help="exact mode: GENERATION_MICROS:NONCE of the clear to retry")
+    counter_command("get", "print a counter's value")
     return parser
 
 

@@ -11,7 +11,10 @@ one; both have the same shape::
         users = db.keyvalue("users")
         await users.put_items("user:1", {b"name": b"Ada"})
 
-Queues work the same way: ``db.queue("orders")`` (see :mod:`prism.queue.namespace`).
+Queues, time series and counters work the same way: ``db.queue("orders")``,
+``db.timeseries("metrics")``, ``db.counter("views")`` (see
+:mod:`prism.queue.namespace`, :mod:`prism.timeseries.namespace` and
+:mod:`prism.counter.namespace`).
 """
 
 from __future__ import annotations
@@ -20,14 +23,25 @@ import asyncio
 import os
 import threading
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, Generic, Protocol, Self, TypeVar
 
-from prism.config import Config, NamespaceConfig, QueueLimits, resolve_config
+from prism.config import (
+    Config,
+    CounterMode,
+    CounterSettings,
+    NamespaceConfig,
+    QueueLimits,
+    TimeSeriesSettings,
+    resolve_config,
+)
+from prism.counter.namespace import AsyncCounter
 from prism.keyvalue.namespace import AsyncKeyValue
 from prism.models import (
     Delivery,
+    Event,
+    EventsPage,
     IdempotencyToken,
     ItemsInput,
     ItemsPage,
@@ -40,10 +54,11 @@ from prism.planner import NamespacePlan
 from prism.plugins.manager import PluginSet, load_plugins
 from prism.queue.namespace import AsyncConsumer, AsyncQueue, DeliveryRef
 from prism.runtime import Runtime, namespace_from_mapping
-from prism.spi import KeyValueTraits, QueueTraits
+from prism.spi import CounterTraits, KeyValueTraits, QueueTraits, TimeSeriesTraits
+from prism.timeseries.namespace import AsyncTimeSeries, Order
 
 T = TypeVar("T")
-Inner = TypeVar("Inner", AsyncKeyValue, AsyncQueue)
+Inner = TypeVar("Inner", AsyncKeyValue, AsyncQueue, AsyncTimeSeries, AsyncCounter)
 
 ConfigSource = Config | Mapping[str, Any] | str | os.PathLike[str] | None
 
@@ -71,6 +86,24 @@ class AsyncPrism:
         :raises prism.PlanError: no configured backend meets its needs.
         """
         return self._runtime.queue(namespace)
+
+    def timeseries(self, namespace: str) -> AsyncTimeSeries:
+        """The TimeSeries namespace ``namespace``.
+
+        :raises NamespaceNotFound: it is not configured (and auto_namespaces is off).
+        :raises WrongAbstraction: it is declared as another abstraction.
+        :raises PlanError: no configured backend meets its needs.
+        """
+        return self._runtime.timeseries(namespace)
+
+    def counter(self, namespace: str) -> AsyncCounter:
+        """The Counter namespace ``namespace``.
+
+        :raises NamespaceNotFound: it is not configured (and auto_namespaces is off).
+        :raises WrongAbstraction: it is declared as another abstraction.
+        :raises PlanError: no configured backend serves its ``counter.mode``.
+        """
+        return self._runtime.counter(namespace)
 
     def plan(self, namespace: str) -> NamespacePlan:
         """Which backend serves ``namespace``, and why."""
@@ -364,6 +397,66 @@ class Queue(_SyncNamespace[AsyncQueue]):
         return Consumer(self._inner.consumer(topic, group), self._portal)
 
 
+class TimeSeries(_SyncNamespace[AsyncTimeSeries]):
+    """One TimeSeries namespace, synchronous. Same methods as :class:`AsyncTimeSeries`."""
+
+    @property
+    def traits(self) -> TimeSeriesTraits:
+        return self._inner.traits
+
+    @property
+    def settings(self) -> TimeSeriesSettings:
+        """The namespace's ``timeseries:`` settings: retention, limits, ..."""
+        return self._inner.settings
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """The largest event payload this namespace accepts."""
+        return self._inner.max_payload_bytes
+
+    def write_events(self, series: str, events: Sequence[Event]) -> None:
+        return self._portal.run(self._inner.write_events(series, events))
+
+    def read_events(
+        self,
+        series: str,
+        start: datetime,
+        end: datetime,
+        *,
+        order: Order = "asc",
+        limit: int | None = None,
+        page_token: str | None = None,
+    ) -> EventsPage:
+        return self._portal.run(
+            self._inner.read_events(series, start, end, order=order, limit=limit, page_token=page_token)
+        )
+
+
+class Counter(_SyncNamespace[AsyncCounter]):
+    """One Counter namespace, synchronous. Same methods as :class:`AsyncCounter`."""
+
+    @property
+    def traits(self) -> CounterTraits:
+        return self._inner.traits
+
+    @property
+    def mode(self) -> CounterMode:
+        return self._inner.mode
+
+    @property
+    def settings(self) -> CounterSettings:
+        return self._inner.settings
+
+    def add(self, counter: str, delta: int = 1, *, token: IdempotencyToken | None = None) -> int | None:
+        return self._portal.run(self._inner.add(counter, delta, token=token))
+
+    def get(self, counter: str) -> int:
+        return self._portal.run(self._inner.get(counter))
+
+    def clear(self, counter: str, *, token: IdempotencyToken | None = None) -> None:
+        return self._portal.run(self._inner.clear(counter, token=token))
+
+
 class Prism:
     """An open Prism, for synchronous code. Close it (or use ``with``) when done."""
 
@@ -372,6 +465,8 @@ class Prism:
         self._portal = _LoopThread()
         self._handles: dict[str, KeyValue] = {}
         self._queues: dict[str, Queue] = {}
+        self._timeseries: dict[str, TimeSeries] = {}
+        self._counters: dict[str, Counter] = {}
         self._closed = False
 
     @property
@@ -396,6 +491,22 @@ class Prism:
         if handle is None:
             handle = Queue(self._async.queue(namespace), self._portal)
             self._queues[namespace] = handle
+        return handle
+
+    def timeseries(self, namespace: str) -> TimeSeries:
+        """The TimeSeries namespace ``namespace``; see :meth:`AsyncPrism.timeseries`."""
+        handle = self._timeseries.get(namespace)
+        if handle is None:
+            handle = TimeSeries(self._async.timeseries(namespace), self._portal)
+            self._timeseries[namespace] = handle
+        return handle
+
+    def counter(self, namespace: str) -> Counter:
+        """The Counter namespace ``namespace``; see :meth:`AsyncPrism.counter`."""
+        handle = self._counters.get(namespace)
+        if handle is None:
+            handle = Counter(self._async.counter(namespace), self._portal)
+            self._counters[namespace] = handle
         return handle
 
     def plan(self, namespace: str) -> NamespacePlan:

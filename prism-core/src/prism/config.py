@@ -28,7 +28,7 @@ from prism.plugins.registry import BackendRegistry
 from prism.spi import Consistency, Durability
 from prism.units import ByteSize, parse_duration, parse_size
 
-Abstraction = Literal["keyvalue", "queue"]
+Abstraction = Literal["keyvalue", "queue", "timeseries", "counter"]
 ABSTRACTIONS: tuple[str, ...] = typing.get_args(Abstraction)
 Role = Literal["read", "write", "admin"]
 ROLES: tuple[str, ...] = typing.get_args(Role)
@@ -104,6 +104,57 @@ class QueueLimits:
 
 
 @attrs.frozen
+class TimeSeriesSettings:
+    """Per-namespace TimeSeries settings and limits (the ``timeseries:`` block).
+    Each limit is enforced with a ``LimitExceeded`` that names it."""
+
+    retention: timedelta = timedelta(days=30)
+    """Events older than this (by event time) are never returned, and are purged.
+    A write of an event already past it is refused."""
+    max_future_skew: timedelta = timedelta(minutes=1)
+    """How far past the current time an event's time may lie; later is refused."""
+    bucket: timedelta = timedelta(hours=1)
+    """Backends that partition a series by time (Cassandra, DynamoDB) put the
+    events of one bucket of this length in one partition. Fixed once events are
+    written: a backend refuses to serve a namespace whose bucket changed."""
+    max_payload_bytes: ByteSize = ByteSize(64 * 1024)
+    """The largest event payload; capped by what the backend can store."""
+    max_tags: int = 32
+    """Tags per event."""
+    max_tag_bytes: int = 256
+    """One tag's name and value together, in UTF-8."""
+    max_series_name_bytes: int = 256
+    max_event_id_bytes: int = 128
+    max_events_per_call: int = 1000
+    """Events per write."""
+    max_page_events: int = 1000
+    """The most events one read returns; also the default ``limit``."""
+    page_size_bytes: ByteSize = ByteSize(2 * 1024 * 1024)
+    """A page ends before its events' payloads and tags pass this size (at
+    least one event is always returned)."""
+
+
+CounterMode = Literal["best_effort", "exact"]
+
+
+@attrs.frozen
+class CounterSettings:
+    """Per-namespace Counter settings (the ``counter:`` block)."""
+
+    mode: CounterMode = "best_effort"
+    """``best_effort``: the datastore's native atomic increment; a retried add may
+    count twice. ``exact``: adds and clears are idempotent by their token, so a
+    replay never counts twice; costs a token check per write. The planner only
+    picks a backend that declares the mode (``counter.best_effort``,
+    ``counter.exact``)."""
+    token_window: timedelta = timedelta(minutes=10)
+    """``exact`` only: how long a token is remembered. An add or clear whose
+    token is older than this is refused (its replay could no longer be
+    recognised); a client retries within it, with the same token."""
+    max_counter_name_bytes: int = 256
+
+
+@attrs.frozen
 class NamespaceConfig:
     abstraction: Abstraction
     needs: Needs = Needs()
@@ -111,6 +162,10 @@ class NamespaceConfig:
     limits: Limits = Limits()
     queue: QueueLimits = QueueLimits()
     """Only for queue namespaces."""
+    timeseries: TimeSeriesSettings = TimeSeriesSettings()
+    """Only for timeseries namespaces."""
+    counter: CounterSettings = CounterSettings()
+    """Only for counter namespaces."""
 
 
 @attrs.frozen
@@ -483,6 +538,20 @@ def _abstraction_problems(path: str, ns: NamespaceConfig) -> list[str]:
         )
     if ns.abstraction != "queue" and ns.queue != QueueLimits():
         out.append(f"{path}.queue: only queue namespaces take queue settings")
+    if ns.abstraction != "timeseries" and ns.timeseries != TimeSeriesSettings():
+        out.append(f"{path}.timeseries: only timeseries namespaces take timeseries settings")
+    if ns.abstraction != "counter" and ns.counter != CounterSettings():
+        out.append(f"{path}.counter: only counter namespaces take counter settings")
+    if ns.abstraction == "timeseries":
+        out += _timeseries_problems(f"{path}.timeseries", ns.timeseries)
+    if ns.abstraction == "counter":
+        c = ns.counter
+        if c.token_window <= timedelta(0):
+            out.append(f"{path}.counter.token_window: must be longer than 0")
+        if c.max_counter_name_bytes < 1:
+            out.append(
+                f"{path}.counter.max_counter_name_bytes: must be at least 1, got {c.max_counter_name_bytes}"
+            )
     if ns.abstraction == "queue":
         q = ns.queue
         for name, value in (("max_batch", q.max_batch), ("max_attempts", q.max_attempts)):
@@ -497,6 +566,31 @@ def _abstraction_problems(path: str, ns: NamespaceConfig) -> list[str]:
                 f"{path}.queue.dead_letter_suffix: use letters, digits, '.', '_' and '-', "
                 f"got {q.dead_letter_suffix!r}"
             )
+    return out
+
+
+def _timeseries_problems(path: str, t: TimeSeriesSettings) -> list[str]:
+    out: list[str] = []
+    for name in ("retention", "bucket"):
+        if getattr(t, name) <= timedelta(0):
+            out.append(f"{path}.{name}: must be longer than 0")
+    if t.bucket.microseconds or t.bucket.total_seconds() < 1:
+        out.append(f"{path}.bucket: use whole seconds, at least 1s (got {t.bucket})")
+    if t.max_future_skew < timedelta(0):
+        out.append(f"{path}.max_future_skew: must not be negative")
+    counts = (
+        ("max_tags", t.max_tags, 0),
+        ("max_tag_bytes", t.max_tag_bytes, 1),
+        ("max_series_name_bytes", t.max_series_name_bytes, 1),
+        ("max_event_id_bytes", t.max_event_id_bytes, 1),
+        ("max_events_per_call", t.max_events_per_call, 1),
+        ("max_page_events", t.max_page_events, 1),
+        ("max_payload_bytes", t.max_payload_bytes, 0),
+        ("page_size_bytes", t.page_size_bytes, 1),
+    )
+    for name, value, least in counts:
+        if value < least:
+            out.append(f"{path}.{name}: must be at least {least}, got {value}")
     return out
 
 

@@ -1,4 +1,4 @@
-"""Public value types of the KeyValue and Queue abstractions.
+"""Public value types of the KeyValue, Queue and TimeSeries abstractions.
 
 Everything here is an immutable attrs class. Keys and values are bytes; the API
 accepts ``str`` too and encodes it as UTF-8.
@@ -217,3 +217,43 @@ class Delivery:
     headers: Mapping[str, bytes] = attrs.field(hash=False)
     attempt: int
     published_at: datetime
+
+
+# -- TimeSeries ---------------------------------------------------------------------
+
+
+def _tags(value: Mapping[str, str] | None) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"tags must be a mapping of str to str, got {type(value).__name__}")
+    for name, item in value.items():
+        if not isinstance(name, str) or not isinstance(item, str):
+            raise TypeError(f"tags must map str to str, got {name!r}: {item!r}")
+    return dict(value)
+
+
+@attrs.frozen
+class Event:
+    """One event of a time series.
+
+    Writing is idempotent on ``(series, event_time, event_id)``: writing an event
+    whose time and id are already stored replaces it, so a retried write changes
+    nothing and a corrected one wins (the later write wins). ``event_time`` is
+    timezone-aware and kept to the microsecond. ``tags`` is a small map of
+    strings, stored with the event and returned with it.
+    """
+
+    event_time: datetime
+    event_id: str
+    payload: bytes = attrs.field(default=b"", converter=_to_bytes, repr=lambda v: f"<{len(v)} bytes>")
+    tags: Mapping[str, str] = attrs.field(factory=dict, converter=_tags, hash=False)
+
+
+@attrs.frozen
+class EventsPage:
+    """One page of :meth:`TimeSeries.read_events`, in the order asked for.
+    ``next_page_token`` is None on the last page."""
+
+    events: Sequence[Event]
+    next_page_token: str | None = None

@@ -12,11 +12,21 @@ from datetime import timedelta
 
 import attrs
 
+from prism import capabilities as caps
 from prism.config import Config, NamespaceConfig
 from prism.errors import PlanError
 from prism.plugins.registry import BackendRegistry
-from prism.spi import CONSISTENCY_ORDER, DURABILITY_ORDER, KeyValueTraits, QueueTraits
+from prism.spi import (
+    CONSISTENCY_ORDER,
+    DURABILITY_ORDER,
+    CounterTraits,
+    KeyValueTraits,
+    QueueTraits,
+    TimeSeriesTraits,
+)
 from prism.units import format_duration, format_size
+
+AnyTraits = KeyValueTraits | QueueTraits | TimeSeriesTraits | CounterTraits
 
 
 @attrs.frozen
@@ -28,9 +38,7 @@ class NamespacePlan:
     reason: str
 
 
-def _misfits(
-    ns: NamespaceConfig, traits: KeyValueTraits | QueueTraits, capabilities: frozenset[str]
-) -> list[str]:
+def _misfits(ns: NamespaceConfig, traits: AnyTraits, capabilities: frozenset[str]) -> list[str]:
     """Every way a backend falls short of a namespace's needs."""
     needs = ns.needs
     out: list[str] = []
@@ -40,6 +48,23 @@ def _misfits(
         note = f" ({traits.durability_note})" if traits.durability_note else ""
         out.append(f"needs durability {needs.durability}, backend is {traits.durability}{note}")
     missing = sorted(set(needs.capabilities) - capabilities)
+    if isinstance(traits, CounterTraits):
+        mode = caps.COUNTER_MODE[ns.counter.mode]
+        if mode not in capabilities:
+            out.append(f"does not serve counter.mode {ns.counter.mode} (lacks {mode})")
+        if missing:
+            out.append(f"lacks capabilities {', '.join(missing)}")
+        return out
+    if isinstance(traits, TimeSeriesTraits):
+        retention = ns.timeseries.retention
+        if traits.max_retention is not None and retention > traits.max_retention:
+            out.append(
+                f"needs retention {format_duration(retention)}, backend keeps at most "
+                f"{format_duration(traits.max_retention)}"
+            )
+        if missing:
+            out.append(f"lacks capabilities {', '.join(missing)}")
+        return out
     if isinstance(traits, QueueTraits):
         # A queue's message-size limit is capped to the backend rather than refused,
         # like max_key_bytes for KeyValue; only an explicit need is a misfit.
@@ -80,6 +105,8 @@ def _describe_needs(ns: NamespaceConfig) -> str:
         parts.append(f"ttl {format_duration(needs.ttl)}")
     if needs.max_value_bytes is not None:
         parts.append(f"values ≤ {format_size(needs.max_value_bytes)}")
+    if ns.abstraction == "counter":
+        parts.append(f"counter.mode {ns.counter.mode}")
     parts += list(needs.capabilities)
     return ", ".join(parts) if parts else "no declared needs"
 
@@ -146,3 +173,12 @@ def effective_max_message_bytes(ns: NamespaceConfig, traits: QueueTraits) -> int
     """The namespace's message limit: ``queue.max_message_bytes``, never more than
     the backend can store."""
     return min(ns.queue.max_message_bytes, traits.max_message_bytes)
+
+
+def effective_max_payload_bytes(ns: NamespaceConfig, traits: TimeSeriesTraits) -> int:
+    """The namespace's event payload limit: ``timeseries.max_payload_bytes``,
+    never more than the backend can store in one event (leaving room for the
+    largest id and tags the namespace allows)."""
+    t = ns.timeseries
+    overhead = t.max_event_id_bytes + t.max_tags * t.max_tag_bytes
+    return max(0, min(t.max_payload_bytes, traits.max_event_bytes - overhead))

@@ -18,35 +18,40 @@ from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 
 from prism.config import (
+    ABSTRACTIONS,
     NAMESPACE_NAME,
+    Abstraction,
     Config,
     NamespaceConfig,
     _abstraction_problems,
     flatten_errors,
     structure,
 )
+from prism.counter.namespace import AsyncCounter
 from prism.errors import InvalidArgument, NamespaceNotFound, PrismError, WrongAbstraction
 from prism.keyvalue.namespace import AsyncKeyValue
 from prism.pagetokens import PageTokenSigner
 from prism.planner import (
     NamespacePlan,
     effective_max_message_bytes,
+    effective_max_payload_bytes,
     effective_max_value_bytes,
     plan_namespace,
 )
 from prism.plugins.manager import PluginSet
 from prism.queue.namespace import AsyncQueue
-from prism.spi import KeyValueBackend, QueueBackend
+from prism.spi import CounterBackend, KeyValueBackend, QueueBackend, TimeSeriesBackend
+from prism.timeseries.namespace import AsyncTimeSeries
 from prism.units import format_duration
 
 #: What the runtime starts, provisions and closes; the SPIs share these methods.
-AnyBackend = KeyValueBackend | QueueBackend
-B = TypeVar("B", KeyValueBackend, QueueBackend)
+AnyBackend = KeyValueBackend | QueueBackend | TimeSeriesBackend | CounterBackend
+B = TypeVar("B", KeyValueBackend, QueueBackend, TimeSeriesBackend, CounterBackend)
 
 
 def resolve_settings_paths(settings: Any, base_dir: Path) -> Any:
@@ -152,12 +157,16 @@ class Runtime:
         self.signer = PageTokenSigner(config.page_token_secret)
         self._backends: dict[str, KeyValueBackend] = {}
         self._queue_backends: dict[str, QueueBackend] = {}
+        self._timeseries_backends: dict[str, TimeSeriesBackend] = {}
+        self._counter_backends: dict[str, CounterBackend] = {}
         # Keyed by (abstraction, backend name): a plugin's KeyValue and Queue
         # objects for one configured backend are separate and started separately.
         self._started: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._provisioned: dict[tuple[str, str, str], asyncio.Task[None]] = {}
         self._keyvalue: dict[str, AsyncKeyValue] = {}
         self._queue: dict[str, AsyncQueue] = {}
+        self._timeseries: dict[str, AsyncTimeSeries] = {}
+        self._counter: dict[str, AsyncCounter] = {}
         #: Namespaces declared at run time (:meth:`declare`), beside config.namespaces.
         self._declared: dict[str, NamespaceConfig] = {}
         #: Per (abstraction, namespace): what makes its backend started and provisioned.
@@ -206,16 +215,20 @@ class Runtime:
             self._declared[name] = ns
             self._keyvalue.pop(name, None)
             self._queue.pop(name, None)
+            self._timeseries.pop(name, None)
+            self._counter.pop(name, None)
         await self.ready(name, ns.abstraction)
         return chosen, new
 
     async def ready(self, name: str, abstraction: str) -> None:
         """Start the backend serving ``name`` and provision the namespace, as
         its first operation would."""
-        if abstraction == "queue":
-            self.queue(name)
-        else:
-            self.keyvalue(name)
+        opener = {
+            "queue": self.queue,
+            "timeseries": self.timeseries,
+            "counter": self.counter,
+        }.get(abstraction, self.keyvalue)
+        opener(name)
         await self._readiness[(abstraction, name)]()
 
     def namespace_config(self, name: str, abstraction: str) -> NamespaceConfig:
@@ -229,7 +242,8 @@ class Runtime:
                     "starting with a letter",
                     field="namespace",
                 )
-            return NamespaceConfig(abstraction="queue" if abstraction == "queue" else "keyvalue")
+            kind = cast(Abstraction, abstraction) if abstraction in ABSTRACTIONS else "keyvalue"
+            return NamespaceConfig(abstraction=kind)
         if ns.abstraction != abstraction:
             raise WrongAbstraction(name, ns.abstraction, abstraction)
         return ns
@@ -332,6 +346,80 @@ class Runtime:
         )
         return handle
 
+    def timeseries(self, name: str) -> AsyncTimeSeries:
+        """The TimeSeries namespace ``name``.
+
+        :raises NamespaceNotFound: it is not configured (and auto_namespaces is off).
+        :raises PlanError: no configured backend meets its needs.
+        """
+        cached = self._timeseries.get(name)
+        if cached is not None and not self._closed:
+            return cached
+        ns, chosen, settings = self._route(name, "timeseries")
+        backend_type = self.plugins.registry.timeseries[chosen.plugin]
+        traits = backend_type.traits(settings)
+        backend = self._instance(self._timeseries_backends, chosen, backend_type.create)
+        ready = False
+
+        async def ensure_ready() -> None:
+            nonlocal ready
+            if ready:
+                return
+            await self._ensure_ready(
+                "timeseries", chosen.backend, backend, name, lambda: backend.provision(name, ns)
+            )
+            ready = True
+
+        self._readiness[("timeseries", name)] = ensure_ready
+        handle = self._timeseries[name] = AsyncTimeSeries(
+            name,
+            ns,
+            backend_name=chosen.backend,
+            backend=backend,
+            capabilities=backend_type.capabilities,
+            traits=traits,
+            signer=self.signer,
+            max_payload_bytes=effective_max_payload_bytes(ns, traits),
+            ensure_ready=ensure_ready,
+        )
+        return handle
+
+    def counter(self, name: str) -> AsyncCounter:
+        """The Counter namespace ``name``.
+
+        :raises NamespaceNotFound: it is not configured (and auto_namespaces is off).
+        :raises PlanError: no configured backend serves its ``counter.mode``.
+        """
+        cached = self._counter.get(name)
+        if cached is not None and not self._closed:
+            return cached
+        ns, chosen, settings = self._route(name, "counter")
+        backend_type = self.plugins.registry.counter[chosen.plugin]
+        traits = backend_type.traits(settings)
+        backend = self._instance(self._counter_backends, chosen, backend_type.create)
+        ready = False
+
+        async def ensure_ready() -> None:
+            nonlocal ready
+            if ready:
+                return
+            await self._ensure_ready(
+                "counter", chosen.backend, backend, name, lambda: backend.provision(name, ns)
+            )
+            ready = True
+
+        self._readiness[("counter", name)] = ensure_ready
+        handle = self._counter[name] = AsyncCounter(
+            name,
+            ns,
+            backend_name=chosen.backend,
+            backend=backend,
+            capabilities=backend_type.capabilities,
+            traits=traits,
+            ensure_ready=ensure_ready,
+        )
+        return handle
+
     async def _ensure_ready(
         self,
         abstraction: str,
@@ -361,6 +449,8 @@ class Runtime:
         self._closed = True
         backends: list[tuple[str, str, AnyBackend]] = [("keyvalue", n, b) for n, b in self._backends.items()]
         backends += [("queue", n, b) for n, b in self._queue_backends.items()]
+        backends += [("timeseries", n, b) for n, b in self._timeseries_backends.items()]
+        backends += [("counter", n, b) for n, b in self._counter_backends.items()]
         for abstraction, name, backend in backends:
             started = self._started.get((abstraction, name))
             if started is None:
@@ -372,3 +462,5 @@ class Runtime:
             await backend.close()
         self._backends.clear()
         self._queue_backends.clear()
+        self._timeseries_backends.clear()
+        self._counter_backends.clear()

@@ -367,3 +367,219 @@ class QueueBackendType:
     capabilities: frozenset[str]
     traits: Callable[[Any], QueueTraits]
     description: str = ""
+
+
+# -- TimeSeries ---------------------------------------------------------------------
+#
+# TimeSeries rows
+# ---------------
+# A series is a set of :class:`StoredEvent` identified by ``(time_us, event_id)``
+# and ordered by it: by time, then by id (so events at the same microsecond come
+# back in a stable order). The core does every cross-cutting part once:
+# validation and limits, the retention cut-off (it never asks for, and never
+# returns, an event older than the namespace's retention), the future-skew
+# check, pagination and signed page tokens, and purging old events on backends
+# without native retention. Backends that partition a series by time (Cassandra,
+# DynamoDB) read ``timeseries.bucket`` from the namespace's config at
+# ``provision`` and keep it; a read may then span many buckets, which the
+# backend walks in order until it has ``limit`` events.
+
+
+@attrs.frozen
+class StoredEvent:
+    """One event as a backend stores it."""
+
+    time_us: int
+    event_id: str
+    payload: bytes
+    tags: tuple[tuple[str, str], ...]
+    """Sorted by name."""
+    expires_at_us: int
+    """``time_us`` plus the namespace's retention: when the event may be dropped.
+    A backend with ``timeseries.native_retention`` expires it natively then."""
+
+    @property
+    def position(self) -> tuple[int, str]:
+        return (self.time_us, self.event_id)
+
+
+@attrs.frozen
+class EventQuery:
+    """Which events of one series :meth:`TimeSeriesBackend.read` returns."""
+
+    start_us: int
+    """Inclusive."""
+    end_us: int
+    """Exclusive. ``start_us < end_us`` always holds."""
+    descending: bool
+    """False: by ``(time_us, event_id)`` ascending; True: descending."""
+    limit: int
+    """At most this many events."""
+    after: tuple[int, str] | None = None
+    """Resume strictly after this position in the read's order (a page token's
+    cursor); None to start at the beginning of the range in that order."""
+
+    def matches(self, position: tuple[int, str]) -> bool:
+        """Whether an event at ``position`` belongs to this read (the reference
+        semantics, for backends that filter in Python)."""
+        time_us = position[0]
+        if not self.start_us <= time_us < self.end_us:
+            return False
+        if self.after is None:
+            return True
+        return position < self.after if self.descending else position > self.after
+
+
+@runtime_checkable
+class TimeSeriesBackend(Protocol):
+    """The TimeSeries storage SPI. One instance serves every namespace planned
+    onto one configured backend; ``namespace`` and ``series`` are validated."""
+
+    async def start(self) -> None:
+        """Connect. Called once before any other method."""
+
+    async def provision(self, namespace: str, config: NamespaceConfig) -> None:
+        """Get ready for ``namespace`` (tables, and for bucketed backends the
+        ``timeseries.bucket`` to use). Idempotent; called before the namespace's
+        first operation in each process. A backend that cannot serve the
+        namespace as configured (e.g. its bucket changed after events were
+        written) raises :class:`prism.errors.InvalidArgument` saying what to do."""
+
+    async def write(self, namespace: str, series: str, events: Sequence[StoredEvent], write_us: int) -> None:
+        """Store ``events`` (at most one per position). An event whose position is
+        already stored replaces it: the later write wins. ``write_us`` is the
+        core's clock for this write, increasing within a process; a backend whose
+        datastore orders writes by a timestamp (Cassandra ``USING TIMESTAMP``)
+        uses it, so that of two writes of one position the later call wins.
+        When this returns, every event is durable at the backend's durability
+        level and visible to reads."""
+
+    async def read(self, namespace: str, series: str, query: EventQuery) -> list[StoredEvent]:
+        """Up to ``query.limit`` events of ``series`` matching ``query``, in its
+        order. Events past their ``expires_at_us`` may be included; the core
+        filters them."""
+
+    async def purge(self, namespace: str, before_us: int, series: str | None = None) -> None:
+        """Delete events whose ``time_us`` is before ``before_us``: in ``series``,
+        or in every series of the namespace when ``series`` is None. The core
+        calls it for backends without ``timeseries.native_retention``; a backend
+        with it may do nothing. A whole-namespace purge may be slow; it is
+        called rarely."""
+
+    async def close(self) -> None:
+        """Release connections. No other method is called afterwards."""
+
+
+@attrs.frozen
+class TimeSeriesTraits:
+    """What one configured TimeSeries backend offers."""
+
+    durability: Durability
+    max_event_bytes: int
+    """The largest event (payload, tags and id together) the backend can store.
+    A namespace's ``timeseries.max_payload_bytes`` is capped below it."""
+    max_retention: timedelta | None = None
+    """The longest retention the backend can keep, or None for no limit."""
+    durability_note: str = ""
+
+
+@attrs.frozen
+class TimeSeriesBackendType:
+    """A TimeSeries backend as a plugin registers it; see :class:`KeyValueBackendType`."""
+
+    settings_type: type[Any]
+    create: Callable[[str, Any], TimeSeriesBackend]
+    capabilities: frozenset[str]
+    traits: Callable[[Any], TimeSeriesTraits]
+    description: str = ""
+
+
+# -- Counter ------------------------------------------------------------------------
+#
+# A counter is a signed 64-bit integer, 0 until first added to. The core
+# validates names, deltas and tokens and picks the mode from the namespace's
+# ``counter.mode``; the backend does the arithmetic atomically.
+#
+# ``best_effort``: ``token`` is None. One native atomic increment per add; a
+# retried add counts twice, and that is the documented price.
+#
+# ``exact``: every add and clear carries a :class:`CounterToken`. An operation
+# whose token the backend already applied to that counter changes nothing, also
+# when the replay races the first call. The core refuses tokens older than
+# ``counter.token_window``. A token the core accepted just inside the window may
+# reach the backend a little later, so a backend must remember a token for the
+# window plus a margin for that delay and for clock skew between gateways
+# (twice the window, or the window plus a minute) after its
+# ``generation_time_us``, and may forget it afterwards. Anything a backend
+# treats as final (a rollup) must be older than that.
+# A clear is ordered against concurrent adds: each add either happened before
+# it (and is erased) or after it (and is kept), never partly.
+
+
+@attrs.frozen(order=True)
+class CounterToken:
+    """An exact-mode operation's identity: the idempotency token's generation
+    time and nonce."""
+
+    generation_time_us: int
+    nonce: str
+
+
+class CounterOverflow(Exception):
+    """The add would take the counter outside the signed 64-bit range; nothing
+    changed. Backends raise it; the core turns it into ``LimitExceeded``."""
+
+
+#: The range a counter's value stays in.
+COUNTER_MIN = -(2**63)
+COUNTER_MAX = 2**63 - 1
+
+
+@runtime_checkable
+class CounterBackend(Protocol):
+    """The Counter storage SPI; ``namespace`` and ``counter`` are validated."""
+
+    async def start(self) -> None:
+        """Connect. Called once before any other method."""
+
+    async def provision(self, namespace: str, config: NamespaceConfig) -> None:
+        """Get ready for ``namespace``, in the mode of its ``counter.mode``.
+        Idempotent; called before the namespace's first operation in each process."""
+
+    async def add(self, namespace: str, counter: str, delta: int, token: CounterToken | None) -> int | None:
+        """Add ``delta`` atomically and return the new value, or None where the
+        datastore cannot return it cheaply. With a token already applied to
+        this counter, change nothing and return the current value (or None).
+
+        :raises CounterOverflow: the value would leave the 64-bit range.
+        """
+
+    async def get(self, namespace: str, counter: str) -> int:
+        """The counter's value: 0 if it was never added to or was cleared."""
+
+    async def clear(self, namespace: str, counter: str, token: CounterToken | None) -> None:
+        """Set the counter to 0. With a token already applied to this counter,
+        change nothing (adds since the first clear are kept)."""
+
+    async def close(self) -> None:
+        """Release connections. No other method is called afterwards."""
+
+
+@attrs.frozen
+class CounterTraits:
+    """What one configured Counter backend offers."""
+
+    durability: Durability
+    durability_note: str = ""
+
+
+@attrs.frozen
+class CounterBackendType:
+    """A Counter backend as a plugin registers it; see :class:`KeyValueBackendType`.
+    Its ``capabilities`` say which ``counter.mode`` values it serves."""
+
+    settings_type: type[Any]
+    create: Callable[[str, Any], CounterBackend]
+    capabilities: frozenset[str]
+    traits: Callable[[Any], CounterTraits]
+    description: str = ""

@@ -1,5 +1,7 @@
 """The ``memory`` backend: the reference implementation of every KeyValue capability,
-and of every Queue capability (in :mod:`prism.backends.memory_queue`).
+and of every Queue capability (in :mod:`prism.backends.memory_queue`), of
+TimeSeries (:mod:`prism.backends.memory_timeseries`) and of both Counter modes
+(:mod:`prism.backends.memory_counter`).
 
 Data lives in the process and is lost when it exits. Every operation runs without
 awaiting in between, so on one event loop each call is atomic, which is what
@@ -14,16 +16,22 @@ from collections.abc import Sequence
 import attrs
 
 from prism import capabilities
+from prism.backends.memory_counter import MemoryCounter
 from prism.backends.memory_queue import MemoryQueue
+from prism.backends.memory_timeseries import MemoryTimeSeries
 from prism.plugins import hookimpl
 from prism.plugins.registry import BackendRegistry
 from prism.spi import (
+    CounterBackendType,
+    CounterTraits,
     KeyValueBackendType,
     KeyValueTraits,
     QueueBackendType,
     QueueTraits,
     ReadQuery,
     StoredItem,
+    TimeSeriesBackendType,
+    TimeSeriesTraits,
     Version,
 )
 from prism.units import ByteSize
@@ -187,3 +195,45 @@ QUEUE = QueueBackendType(
 @hookimpl
 def prism_register_queue(registry: BackendRegistry) -> None:
     registry.add_queue("memory", QUEUE)
+
+
+def _timeseries_traits(settings: MemorySettings) -> TimeSeriesTraits:
+    # Memory could hold any size; max_value_bytes (64 MiB by default) is the
+    # same bound the KeyValue side puts on one value.
+    return TimeSeriesTraits(
+        durability="ephemeral", max_event_bytes=settings.max_value_bytes, durability_note=MEMORY_NOTE
+    )
+
+
+TIMESERIES = TimeSeriesBackendType(
+    settings_type=MemorySettings,
+    create=MemoryTimeSeries,
+    # No timeseries.native_retention: nothing expires by itself here; the core
+    # filters old events out of reads and purges them.
+    capabilities=frozenset(),
+    traits=_timeseries_traits,
+    description="in-process reference backend; events are lost when the process exits",
+)
+
+
+@hookimpl
+def prism_register_timeseries(registry: BackendRegistry) -> None:
+    registry.add_timeseries("memory", TIMESERIES)
+
+
+def _counter_traits(settings: MemorySettings) -> CounterTraits:
+    return CounterTraits(durability="ephemeral", durability_note=MEMORY_NOTE)
+
+
+COUNTER = CounterBackendType(
+    settings_type=MemorySettings,
+    create=MemoryCounter,
+    capabilities=frozenset({capabilities.COUNTER_BEST_EFFORT, capabilities.COUNTER_EXACT}),
+    traits=_counter_traits,
+    description="in-process reference backend; counters are lost when the process exits",
+)
+
+
+@hookimpl
+def prism_register_counter(registry: BackendRegistry) -> None:
+    registry.add_counter("memory", COUNTER)

@@ -59,3 +59,31 @@ def prism_register_queue(registry: BackendRegistry) -> None:
     :param registry: The registry to add backend types to.
     :return: Nothing; the registry holds the result.
     """
+
+
+@_hookspec
+def prism_register_timeseries(registry: BackendRegistry) -> None:
+    """Register the plugin's TimeSeries backend types.
+
+    Called once at registration, after :func:`prism_register_queue`. Call
+    ``registry.add_timeseries(name, backend_type)`` for each TimeSeries backend
+    type the plugin provides, with the same ``settings_type`` as its other
+    abstractions under that ``name``.
+
+    :param registry: The registry to add backend types to.
+    :return: Nothing; the registry holds the result.
+    """
+
+
+@_hookspec
+def prism_register_counter(registry: BackendRegistry) -> None:
+    """Register the plugin's Counter backend types.
+
+    Called once at registration, after :func:`prism_register_timeseries`. Call
+    ``registry.add_counter(name, backend_type)``; the backend type's
+    capabilities say which ``counter.mode`` values it serves
+    (``counter.best_effort``, ``counter.exact``).
+
+    :param registry: The registry to add backend types to.
+    :return: Nothing; the registry holds the result.
+    """

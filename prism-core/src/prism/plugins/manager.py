@@ -31,7 +31,12 @@ DISABLE_ENV = "PRISM_DISABLE_PLUGINS"
 BUILTINS: dict[str, str] = {"memory": "prism.backends.memory"}
 
 #: One registration hook per abstraction, called in this order for each plugin.
-_REGISTRATION_HOOKS = ("prism_register_keyvalue", "prism_register_queue")
+_REGISTRATION_HOOKS = (
+    "prism_register_keyvalue",
+    "prism_register_queue",
+    "prism_register_timeseries",
+    "prism_register_counter",
+)
 
 _log = get_logger(__name__)
 

@@ -8,9 +8,9 @@ from typing import Any
 import attrs
 
 from prism import capabilities
-from prism.spi import KeyValueBackendType, QueueBackendType
+from prism.spi import CounterBackendType, KeyValueBackendType, QueueBackendType, TimeSeriesBackendType
 
-BackendType = KeyValueBackendType | QueueBackendType
+BackendType = KeyValueBackendType | QueueBackendType | TimeSeriesBackendType | CounterBackendType
 
 
 class RegistrationError(Exception):
@@ -23,6 +23,8 @@ class BackendRegistry:
 
     keyvalue: dict[str, KeyValueBackendType] = attrs.Factory(dict)
     queue: dict[str, QueueBackendType] = attrs.Factory(dict)
+    timeseries: dict[str, TimeSeriesBackendType] = attrs.Factory(dict)
+    counter: dict[str, CounterBackendType] = attrs.Factory(dict)
     registered_by: dict[str, str] = attrs.Factory(dict)
     """Plugin name -> the name of the plugin module that registered it."""
     _current: str = ""
@@ -40,6 +42,25 @@ class BackendRegistry:
         under ``backends:`` configures both."""
         self._check("queue", "Queue", name, backend_type)
         self.queue[name] = backend_type
+        self.registered_by[name] = self._current
+
+    def add_timeseries(self, name: str, backend_type: TimeSeriesBackendType) -> None:
+        """Register a TimeSeries backend type under ``name``, with the same
+        ``settings_type`` as the plugin's other abstractions."""
+        self._check("timeseries", "TimeSeries", name, backend_type)
+        self.timeseries[name] = backend_type
+        self.registered_by[name] = self._current
+
+    def add_counter(self, name: str, backend_type: CounterBackendType) -> None:
+        """Register a Counter backend type under ``name``. It must declare at
+        least one mode (``counter.best_effort``, ``counter.exact``)."""
+        self._check("counter", "Counter", name, backend_type)
+        if not backend_type.capabilities & capabilities.COUNTER:
+            raise RegistrationError(
+                f"Counter backend {name!r} declares no mode; declare counter.best_effort, counter.exact "
+                "or both"
+            )
+        self.counter[name] = backend_type
         self.registered_by[name] = self._current
 
     def _check(self, abstraction: str, title: str, name: str, backend_type: BackendType) -> None:
@@ -79,6 +100,8 @@ class BackendRegistry:
         """Forget every backend type registered under ``name`` (a failed registration)."""
         self.keyvalue.pop(name, None)
         self.queue.pop(name, None)
+        self.timeseries.pop(name, None)
+        self.counter.pop(name, None)
         self.registered_by.pop(name, None)
 
     def abstractions_of(self, name: str) -> list[str]:
@@ -86,7 +109,12 @@ class BackendRegistry:
         return [abstraction for abstraction, types in self.by_abstraction().items() if name in types]
 
     def by_abstraction(self) -> Mapping[str, Mapping[str, BackendType]]:
-        return {"keyvalue": self.keyvalue, "queue": self.queue}
+        return {
+            "keyvalue": self.keyvalue,
+            "queue": self.queue,
+            "timeseries": self.timeseries,
+            "counter": self.counter,
+        }
 
     def names(self) -> list[str]:
         return sorted({name for types in self.by_abstraction().values() for name in types})

@@ -1,0 +1,1 @@
+"""The Counter abstraction: best-effort or exact distributed counters."""

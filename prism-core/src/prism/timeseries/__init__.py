@@ -1,0 +1,1 @@
+"""The TimeSeries abstraction: events by series and time, with retention."""
