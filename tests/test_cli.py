@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -23,6 +24,12 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
         status = int(exc.code or 0)
     out, err = capsys.readouterr()
     return status, out, err
+
+
+def run_with_stdin(capsys: pytest.CaptureFixture[str], text: str, *args: str) -> tuple[int, str, str]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.stdin", io.StringIO(text))
+        return run(capsys, *args)
 
 
 def test_kv_round_trip_on_embedded_default(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -176,3 +183,74 @@ def test_queue_errors_are_one_clear_line(capsys: pytest.CaptureFixture[str]) -> 
     assert "NAME=VALUE" in err
     for line in err.splitlines():
         assert "Traceback" not in line
+
+
+def test_ts_write_and_read_on_embedded_default(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = run(
+        capsys, "ts", "write", "metrics", "cpu", "0.5", "--time=-2m", "--id", "a", "--tag", "host=h1"
+    )
+    assert status == 0, err
+    assert out.splitlines()[0].endswith("\ta")
+    assert "wrote 1 event(s) to metrics/cpu" in err
+    status, _, err = run(capsys, "ts", "write", "metrics", "cpu", "0.7", "0.9", "--time=-1m")
+    assert status == 0, err
+    lines = '{"time": "-30s", "id": "j1", "payload": "1.0", "tags": {"host": "h2"}}\n'
+    status, _, err = run_with_stdin(capsys, lines, "ts", "write", "metrics", "cpu", "--stdin")
+    assert status == 0, err
+
+    _, out, err = run(capsys, "ts", "read", "metrics", "cpu", "--json")
+    records = [json.loads(line) for line in out.splitlines()]
+    assert records[0]["payload"] == "0.5"
+    assert records[0]["tags"] == {"host": "h1"}
+    assert [r["id"] for r in records][-1] == "j1"
+    assert "# 4 event(s)" in err
+
+    # Pages: one event a page, newest first, followed to the end with --all.
+    _, out, err = run(capsys, "ts", "read", "metrics", "cpu", "--order", "desc", "--limit", "1")
+    assert len(out.splitlines()) == 1
+    assert "--page-token" in err
+    _, out, _ = run(capsys, "ts", "read", "metrics", "cpu", "--order", "desc", "--limit", "1", "--all")
+    assert out.splitlines()[0].split("\t")[1] == "j1"
+    assert len(out.splitlines()) == 4
+
+
+def test_ts_errors_are_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run(capsys, "ts", "write", "metrics", "cpu")
+    assert status == 2
+    assert "nothing to write" in err
+    status, _, err = run(capsys, "ts", "write", "metrics", "cpu", "x", "--time", "yesterday")
+    assert status == 2
+    assert "is not a time" in err
+    status, _, err = run(capsys, "ts", "write", "metrics", "cpu", "x", "--time", "+1h")
+    assert status == 1
+    assert "timeseries.max_future_skew" in err
+    status, _, err = run_with_stdin(capsys, "not json\n", "ts", "write", "metrics", "cpu", "--stdin")
+    assert status == 2
+    assert "--stdin line 1 is not an event" in err
+
+
+def test_counter_add_get_clear_and_exact_retries(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, "counter", "add", "views", "home")[1] == "1\n"
+    assert run(capsys, "counter", "add", "views", "home", "-5")[1] == "-4\n"
+    assert run(capsys, "counter", "get", "views", "home")[1] == "-4\n"
+    assert run(capsys, "counter", "clear", "views", "home")[0] == 0
+    assert run(capsys, "counter", "get", "views", "home")[1] == "0\n"
+
+    config = tmp_path / "exact.yaml"
+    config.write_text(
+        "backends: {local: {plugin: sqlite, path: ./exact.db}}\n"
+        "namespaces: {likes: {abstraction: counter, counter: {mode: exact}}}\n"
+    )
+    status, out, err = run(capsys, "counter", "add", "--config", str(config), "likes", "post1", "3")
+    assert (status, out) == (0, "3\n"), err
+    token = err.split("# token ", 1)[1].split()[0]
+    # Retrying with the printed token applies the add once.
+    status, out, err = run(
+        capsys, "counter", "add", "--config", str(config), "likes", "post1", "3", "--token", token
+    )
+    assert (status, out) == (0, "3\n"), err
+    status, _, err = run(
+        capsys, "counter", "add", "--config", str(config), "likes", "post1", "--token", "nope"
+    )
+    assert status == 2
+    assert "GENERATION_MICROS:NONCE" in err

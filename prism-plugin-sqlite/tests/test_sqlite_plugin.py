@@ -22,8 +22,17 @@ def test_load_plugins_finds_sqlite_through_its_entry_point() -> None:
     [loaded] = [p for p in plugins.loaded if p.name == "sqlite"]
     assert loaded.module == "prism_sqlite.plugin"
     assert loaded.distribution == "prism-plugin-sqlite"
-    assert loaded.abstractions == ("keyvalue", "queue")
-    assert set(loaded.capabilities) == {"kv.atomic_mutate", "kv.scan", "queue.delay", "queue.ordered_by_key"}
+    assert loaded.abstractions == ("counter", "keyvalue", "queue", "timeseries")
+    assert set(loaded.capabilities) == {
+        "kv.atomic_mutate",
+        "kv.scan",
+        "queue.delay",
+        "queue.ordered_by_key",
+        "counter.best_effort",
+        "counter.exact",
+    }
+    assert plugins.registry.timeseries["sqlite"] is prism_sqlite.TIMESERIES
+    assert plugins.registry.counter["sqlite"] is prism_sqlite.COUNTER
     assert not [b for b in plugins.broken if b.name == "sqlite"]
 
 

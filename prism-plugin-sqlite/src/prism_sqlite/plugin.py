@@ -1,14 +1,17 @@
 """The plugin module named by the ``prism.backends`` entry point ``sqlite``.
 
-KeyValue and Queue register under the same name with the same settings class,
-so one ``backends:`` entry configures both, on one database file."""
+KeyValue, Queue, TimeSeries and Counter register under the same name with the
+same settings class, so one ``backends:`` entry configures all four, on one
+database file."""
 
 from __future__ import annotations
 
 from prism.plugins import hookimpl
 from prism.plugins.registry import BackendRegistry
+from prism_sqlite.counter import COUNTER
 from prism_sqlite.keyvalue import KEYVALUE
 from prism_sqlite.queue import QUEUE
+from prism_sqlite.timeseries import TIMESERIES
 
 
 @hookimpl
@@ -19,3 +22,13 @@ def prism_register_keyvalue(registry: BackendRegistry) -> None:
 @hookimpl
 def prism_register_queue(registry: BackendRegistry) -> None:
     registry.add_queue("sqlite", QUEUE)
+
+
+@hookimpl
+def prism_register_timeseries(registry: BackendRegistry) -> None:
+    registry.add_timeseries("sqlite", TIMESERIES)
+
+
+@hookimpl
+def prism_register_counter(registry: BackendRegistry) -> None:
+    registry.add_counter("sqlite", COUNTER)
