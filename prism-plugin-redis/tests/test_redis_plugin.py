@@ -20,8 +20,10 @@ def test_load_plugins_finds_redis_through_its_entry_point() -> None:
     [loaded] = [p for p in plugins.loaded if p.name == "redis"]
     assert loaded.module == "prism_redis.plugin"
     assert loaded.distribution == "prism-plugin-redis"
-    assert loaded.abstractions == ("keyvalue", "queue")
-    assert set(loaded.capabilities) == {"kv.atomic_mutate", "kv.scan"}
+    assert loaded.abstractions == ("counter", "keyvalue", "queue", "timeseries")
+    assert set(loaded.capabilities) == {"kv.atomic_mutate", "kv.scan", "counter.best_effort", "counter.exact"}
+    assert plugins.registry.timeseries["redis"] is prism_redis.TIMESERIES
+    assert plugins.registry.counter["redis"] is prism_redis.COUNTER
     assert not [b for b in plugins.broken if b.name == "redis"]
 
 
