@@ -19,8 +19,15 @@ def test_load_plugins_finds_cassandra_through_its_entry_point() -> None:
     [loaded] = [p for p in plugins.loaded if p.name == "cassandra"]
     assert loaded.module == "prism_cassandra.plugin"
     assert loaded.distribution == "prism-plugin-cassandra"
-    assert loaded.abstractions == ("keyvalue",)
-    assert set(loaded.capabilities) == {"kv.atomic_mutate", "kv.scan", "kv.native_ttl"}
+    assert loaded.abstractions == ("counter", "keyvalue", "timeseries")
+    assert set(loaded.capabilities) == {
+        "kv.atomic_mutate",
+        "kv.scan",
+        "kv.native_ttl",
+        "timeseries.native_retention",
+        "counter.best_effort",
+        "counter.exact",
+    }
     assert not [b for b in plugins.broken if b.name == "cassandra"]
 
 
