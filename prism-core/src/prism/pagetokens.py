@@ -25,7 +25,14 @@ def _b64(data: bytes) -> str:
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Decode, refusing any text :func:`_b64` would not have produced: base64
+    ignores the unused low bits of the last character, so without this check
+    a token whose last character was changed could still decode to the
+    signature and pass."""
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not canonical base64url")
+    return data
 
 
 class PageTokenSigner:
