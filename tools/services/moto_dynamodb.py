@@ -1,11 +1,16 @@
-"""DynamoDB as served by moto's server (``moto[server]``), spoken to by real boto3 over HTTP."""
+"""DynamoDB as served by moto (``moto[server]``), spoken to by real boto3 over HTTP.
+
+moto runs through :mod:`tools.services.moto_serial`, one request at a time, so
+each DynamoDB request is atomic as on real DynamoDB (see that module)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from tools.services.common import HOST, Service, python_bin
+from tools.services.common import HOST, Service
 
 REGION = "us-east-1"
 
@@ -13,21 +18,22 @@ REGION = "us-east-1"
 class DynamoDBService(Service):
     name = "dynamodb"
     port = 18000
-    marker = "moto_server"
+    marker = "moto_serial.py"
     start_deadline = 60.0
 
     def __init__(self) -> None:
-        self._moto = "moto_server"
+        self._python = sys.executable
 
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
 
     def prepare(self) -> None:
-        self._moto = python_bin("moto_server")
+        # The runner's own interpreter has moto[server] (the nox session installs it).
+        self._python = sys.executable
 
     def command(self) -> Sequence[str]:
-        return [self._moto, "-H", HOST, "-p", str(self.port)]
+        return [self._python, str(Path(__file__).with_name("moto_serial.py")), HOST, str(self.port)]
 
     def probe(self, timeout: float) -> None:
         # Loaded lazily (slow to import, and `status` may run where it is missing); no stubs installed.
