@@ -25,7 +25,7 @@ def test_load_plugins_finds_dynamodb_through_its_entry_point() -> None:
     [loaded] = [p for p in plugins.loaded if p.name == "dynamodb"]
     assert loaded.module == "prism_dynamodb.plugin"
     assert loaded.distribution == "prism-plugin-dynamodb"
-    assert set(loaded.capabilities) == {"kv.scan"}
+    assert set(loaded.capabilities) == {"kv.scan", "counter.best_effort", "counter.exact"}
     assert not [b for b in plugins.broken if b.name == "dynamodb"]
 
 
