@@ -69,6 +69,19 @@ def format_duration(value: timedelta) -> str:
     return "0s"
 
 
+def format_elapsed(value: timedelta) -> str:
+    """A measured duration (an age, a clock difference) for a message: to the
+    second above one second, to the millisecond below it, then as
+    :func:`format_duration`. Not for settings, which must read back exactly."""
+    micros = abs(value // timedelta(microseconds=1))
+    sign = "-" if value < timedelta(0) else ""
+    if micros >= 1_000_000:
+        return sign + format_duration(timedelta(seconds=round(micros / 1_000_000)))
+    if micros >= 1_000:
+        return sign + format_duration(timedelta(milliseconds=round(micros / 1_000)))
+    return sign + format_duration(timedelta(microseconds=micros))
+
+
 def parse_size(value: object) -> int:
     """``8MiB``, ``512KiB``, ``2MB`` or a number of bytes.
 

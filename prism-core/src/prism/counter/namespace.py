@@ -26,7 +26,7 @@ from prism.config import NamespaceConfig
 from prism.errors import InvalidArgument, LimitExceeded
 from prism.models import IdempotencyToken, now_micros
 from prism.spi import COUNTER_MAX, COUNTER_MIN, CounterBackend, CounterOverflow, CounterToken, CounterTraits
-from prism.units import format_duration
+from prism.units import format_duration, format_elapsed
 
 _MICRO = timedelta(microseconds=1)
 
@@ -104,7 +104,7 @@ class AsyncCounter:
         if age_us > window // _MICRO:
             raise InvalidArgument(
                 f"token generated at {token.generation_time.isoformat()} is "
-                f"{format_duration(timedelta(microseconds=age_us))} old, older than the namespace's "
+                f"{format_elapsed(timedelta(microseconds=age_us))} old, older than the namespace's "
                 f"counter.token_window of {format_duration(window)}: a replay that old can no longer be "
                 "recognised, so it is refused rather than maybe counted twice; use a new token for a new "
                 "operation, and retry within the window",
@@ -115,7 +115,7 @@ class AsyncCounter:
         if -age_us > skew // _MICRO:
             raise InvalidArgument(
                 f"token generation time {token.generation_time.isoformat()} is "
-                f"{format_duration(timedelta(microseconds=-age_us))} in the future, beyond the allowed skew "
+                f"{format_elapsed(timedelta(microseconds=-age_us))} in the future, beyond the allowed skew "
                 f"of {format_duration(skew)} (limits.max_token_skew); check the client's clock",
                 namespace=self.name,
                 field="token",

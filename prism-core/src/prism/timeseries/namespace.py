@@ -35,7 +35,7 @@ from prism.log import get_logger
 from prism.models import Event, EventsPage, datetime_to_micros, micros_to_datetime, now_micros
 from prism.pagetokens import PageTokenSigner
 from prism.spi import EventQuery, StoredEvent, TimeSeriesBackend, TimeSeriesTraits
-from prism.units import format_duration, format_size
+from prism.units import format_duration, format_elapsed, format_size
 
 log = get_logger(__name__)
 
@@ -168,7 +168,7 @@ class AsyncTimeSeries:
             ahead = timedelta(microseconds=time_us - now_us)
             raise InvalidArgument(
                 f"{field}.event_time {event.event_time.isoformat()} in series {series!r} is "
-                f"{format_duration(ahead)} in the future, beyond the allowed "
+                f"{format_elapsed(ahead)} in the future, beyond the allowed "
                 f"{format_duration(settings.max_future_skew)} (timeseries.max_future_skew); check the "
                 "writer's clock",
                 namespace=self.name,
