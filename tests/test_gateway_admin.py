@@ -211,8 +211,10 @@ def test_what_the_wire_cannot_carry_is_refused_by_the_client_naming_the_field(al
             with pytest.raises(prism.InvalidArgument) as refused:
                 db.create_namespace("kv", **settings)
             assert refused.value.field == field
-        with pytest.raises(prism.InvalidArgument, match="expected 'keyvalue' or 'queue'"):
-            db.create_namespace("kv", "counter")
+        with pytest.raises(
+            prism.InvalidArgument, match="expected 'keyvalue', 'queue', 'timeseries' or 'counter'"
+        ):
+            db.create_namespace("kv", "graph")
 
 
 def test_with_auth_only_the_admin_grant_creates(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator, MutableMapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +29,21 @@ from prism.config import load_config
 from prism.errors import ConfigError, InvalidPageToken
 from prism.gateway.auth import REQUIRED_ROLE, Authenticator, hash_token
 from prism.gateway.testing import GatewayThread
+from prism.gateway.timeseries_service import time_to_proto
 from prism.gateway.tokens import TOKEN_PREFIX, add_token_parser
 from prism.plugins.manager import load_plugins
-from prism.v1 import admin_pb2, admin_pb2_grpc, keyvalue_pb2, keyvalue_pb2_grpc, queue_pb2, queue_pb2_grpc
+from prism.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    counter_pb2,
+    counter_pb2_grpc,
+    keyvalue_pb2,
+    keyvalue_pb2_grpc,
+    queue_pb2,
+    queue_pb2_grpc,
+    timeseries_pb2,
+    timeseries_pb2_grpc,
+)
 
 #: The secret of each test token; the config holds only their hashes.
 SECRETS = {
@@ -45,10 +57,15 @@ SECRETS = {
 }
 GRANTS: dict[str, dict[str, list[str]]] = {
     "root": {"*": ["read", "write", "admin"]},
-    "read": {"kv": ["read"], "q": ["read"]},
-    "write": {"kv": ["write"], "q": ["write"]},
-    "admin": {"kv": ["admin"], "q": ["admin"]},
-    "read+write": {"kv": ["read", "write"], "q": ["read", "write"]},
+    "read": {"kv": ["read"], "q": ["read"], "ts": ["read"], "cnt": ["read"]},
+    "write": {"kv": ["write"], "q": ["write"], "ts": ["write"], "cnt": ["write"]},
+    "admin": {"kv": ["admin"], "q": ["admin"], "ts": ["admin"], "cnt": ["admin"]},
+    "read+write": {
+        "kv": ["read", "write"],
+        "q": ["read", "write"],
+        "ts": ["read", "write"],
+        "cnt": ["read", "write"],
+    },
     # Everything on another namespace: grants do not leak across namespaces.
     "none": {"other": ["read", "write", "admin"]},
     "star-read": {"*": ["read"]},
@@ -62,6 +79,8 @@ CONFIG: dict[str, Any] = {
         "kv2": {"abstraction": "keyvalue", "needs": {"capabilities": ["kv.scan"]}},
         "other": {"abstraction": "keyvalue"},
         "q": {"abstraction": "queue", "queue": {"visibility_timeout": "10m", "max_wait": "30s"}},
+        "ts": {"abstraction": "timeseries"},
+        "cnt": {"abstraction": "counter", "counter": {"mode": "exact"}},
     },
     "gateway": {
         "auth": {
@@ -101,6 +120,8 @@ class Stubs:
         self.kv = keyvalue_pb2_grpc.KeyValueServiceStub(channel)
         self.q = queue_pb2_grpc.QueueServiceStub(channel)
         self.admin = admin_pb2_grpc.AdminServiceStub(channel)
+        self.ts = timeseries_pb2_grpc.TimeSeriesServiceStub(channel)
+        self.cnt = counter_pb2_grpc.CounterServiceStub(channel)
 
 
 def code_of(call: Callable[[], object]) -> grpc.StatusCode:
@@ -308,6 +329,78 @@ def nack(s: Stubs, md: Metadata, root: prism.remote.RemotePrism, allowed: bool) 
     return code
 
 
+def _read_ids(root: prism.remote.RemotePrism, series: str, at: datetime) -> list[str]:
+    page = root.timeseries("ts").read_events(series, at, at + timedelta(seconds=1))
+    return [e.event_id for e in page.events]
+
+
+def write_events(s: Stubs, md: Metadata, root: prism.remote.RemotePrism, allowed: bool) -> grpc.StatusCode:
+    series = unique("write")
+    at = datetime.now(UTC) - timedelta(seconds=5)
+    event = timeseries_pb2.Event(event_time=time_to_proto(at), event_id="e", payload=b"p")
+    code = code_of(
+        lambda: s.ts.WriteEvents(
+            timeseries_pb2.WriteEventsRequest(namespace="ts", series=series, events=[event]),
+            metadata=md,
+            timeout=10,
+        )
+    )
+    assert _read_ids(root, series, at) == (["e"] if allowed else [])
+    return code
+
+
+def read_events(s: Stubs, md: Metadata, root: prism.remote.RemotePrism, allowed: bool) -> grpc.StatusCode:
+    series = unique("read")
+    at = datetime.now(UTC) - timedelta(seconds=5)
+    root.timeseries("ts").write_events(series, [prism.Event(at, "secret")])
+    response: list[timeseries_pb2.ReadEventsResponse] = []
+    request = timeseries_pb2.ReadEventsRequest(
+        namespace="ts", series=series, start=time_to_proto(at), end=time_to_proto(at + timedelta(seconds=1))
+    )
+    code = code_of(lambda: response.append(s.ts.ReadEvents(request, metadata=md, timeout=10)))
+    if allowed:
+        assert [e.event_id for e in response[0].events] == ["secret"]
+    else:
+        assert response == []
+    return code
+
+
+def add(s: Stubs, md: Metadata, root: prism.remote.RemotePrism, allowed: bool) -> grpc.StatusCode:
+    counter = unique("add")
+    code = code_of(
+        lambda: s.cnt.Add(
+            counter_pb2.AddRequest(namespace="cnt", counter=counter, delta=3), metadata=md, timeout=10
+        )
+    )
+    assert root.counter("cnt").get(counter) == (3 if allowed else 0)
+    return code
+
+
+def get(s: Stubs, md: Metadata, root: prism.remote.RemotePrism, allowed: bool) -> grpc.StatusCode:
+    counter = unique("get")
+    root.counter("cnt").add(counter, 5)
+    response: list[counter_pb2.GetResponse] = []
+    code = code_of(
+        lambda: response.append(
+            s.cnt.Get(counter_pb2.GetRequest(namespace="cnt", counter=counter), metadata=md, timeout=10)
+        )
+    )
+    assert (response[0].value == 5) if allowed else response == []
+    return code
+
+
+def clear(s: Stubs, md: Metadata, root: prism.remote.RemotePrism, allowed: bool) -> grpc.StatusCode:
+    counter = unique("clear")
+    root.counter("cnt").add(counter, 5)
+    code = code_of(
+        lambda: s.cnt.Clear(
+            counter_pb2.ClearRequest(namespace="cnt", counter=counter), metadata=md, timeout=10
+        )
+    )
+    assert root.counter("cnt").get(counter) == (0 if allowed else 5)
+    return code
+
+
 def get_plan(s: Stubs, md: Metadata, root: prism.remote.RemotePrism, allowed: bool) -> grpc.StatusCode:
     response: list[admin_pb2.Namespace] = []
     code = code_of(
@@ -344,6 +437,11 @@ SCENARIOS: dict[str, Callable[[Stubs, Metadata, prism.remote.RemotePrism, bool],
     "Subscribe": subscribe,
     "Ack": ack,
     "Nack": nack,
+    "WriteEvents": write_events,
+    "ReadEvents": read_events,
+    "Add": add,
+    "Get": get,
+    "Clear": clear,
     "GetPlan": get_plan,
     "CreateNamespace": create_namespace,
 }
@@ -360,6 +458,11 @@ ALLOWED: dict[str, set[str]] = {
     "Subscribe": {"read", "read+write"},
     "Ack": {"read", "read+write"},
     "Nack": {"read", "read+write"},
+    "WriteEvents": {"write", "read+write"},
+    "ReadEvents": {"read", "read+write"},
+    "Add": {"write", "read+write"},
+    "Get": {"read", "read+write"},
+    "Clear": {"write", "read+write"},
     "GetPlan": {"read", "write", "admin", "read+write"},
     "CreateNamespace": {"admin"},
 }
@@ -370,6 +473,8 @@ def test_every_method_is_in_the_matrix() -> None:
     services = [
         keyvalue_pb2.DESCRIPTOR.services_by_name["KeyValueService"],
         queue_pb2.DESCRIPTOR.services_by_name["QueueService"],
+        timeseries_pb2.DESCRIPTOR.services_by_name["TimeSeriesService"],
+        counter_pb2.DESCRIPTOR.services_by_name["CounterService"],
         admin_pb2.DESCRIPTOR.services_by_name["AdminService"],
     ]
     methods = {m.name for service in services for m in service.methods}
@@ -413,10 +518,10 @@ def test_list_namespaces_shows_only_granted_namespaces(channel: grpc.Channel) ->
         response = admin.ListNamespaces(admin_pb2.ListNamespacesRequest(), metadata=bearer(role), timeout=10)
         return sorted(n.name for n in response.namespaces)
 
-    assert names("root") == ["kv", "kv2", "other", "q"]
-    assert names("star-read") == ["kv", "kv2", "other", "q"]
+    assert names("root") == ["cnt", "kv", "kv2", "other", "q", "ts"]
+    assert names("star-read") == ["cnt", "kv", "kv2", "other", "q", "ts"]
     for role in ("read", "write", "admin", "read+write"):
-        assert names(role) == ["kv", "q"], role
+        assert names(role) == ["cnt", "kv", "q", "ts"], role
     assert names("none") == ["other"]
     with pytest.raises(grpc.RpcError) as caught:
         admin.ListNamespaces(admin_pb2.ListNamespacesRequest(), timeout=10)
@@ -574,7 +679,7 @@ def test_without_gateway_auth_every_call_is_allowed() -> None:
         response = Stubs(chan).admin.ListNamespaces(
             admin_pb2.ListNamespacesRequest(), metadata=(("authorization", "Bearer whatever"),), timeout=10
         )
-        assert sorted(n.name for n in response.namespaces) == ["kv", "kv2", "other", "q"]
+        assert sorted(n.name for n in response.namespaces) == ["cnt", "kv", "kv2", "other", "q", "ts"]
 
 
 def test_an_empty_token_list_refuses_everyone() -> None:

@@ -70,6 +70,8 @@ def test_health_is_serving_overall_and_per_service(channel: grpc.Channel) -> Non
     assert set(SERVICE_NAMES) == {
         "prism.v1.KeyValueService",
         "prism.v1.QueueService",
+        "prism.v1.TimeSeriesService",
+        "prism.v1.CounterService",
         "prism.v1.AdminService",
     }
     with pytest.raises(grpc.RpcError) as caught:
@@ -91,6 +93,12 @@ def test_reflection_lists_and_describes_the_services(channel: grpc.Channel) -> N
     assert [m.name for m in queue_service.methods] == ["Publish", "Consume", "Subscribe", "Ack", "Nack"]
     publish = pool.FindMessageTypeByName("prism.v1.PublishRequest")
     assert [f.name for f in publish.fields] == ["namespace", "topic", "messages"]
+    timeseries_service = pool.FindServiceByName("prism.v1.TimeSeriesService")
+    assert [m.name for m in timeseries_service.methods] == ["WriteEvents", "ReadEvents"]
+    counter_service = pool.FindServiceByName("prism.v1.CounterService")
+    assert [m.name for m in counter_service.methods] == ["Add", "Get", "Clear"]
+    add = pool.FindMessageTypeByName("prism.v1.AddRequest")
+    assert [f.name for f in add.fields] == ["namespace", "counter", "delta", "token"]
 
 
 def test_admin_lists_namespaces_and_plans(channel: grpc.Channel) -> None:

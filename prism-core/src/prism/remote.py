@@ -19,9 +19,10 @@ and ``key=`` when it requires client certificates)::
 
     prism.remote.connect("grpcs://gw:50051", token=token, ca="ca.pem", cert="me.pem", key="me-key.pem")
 
-``db.keyvalue(ns)`` and ``db.queue(ns)`` take and return the same model types
-(:class:`prism.Item`, :class:`prism.Keys`, :class:`prism.ItemsPage`,
-:class:`prism.Message`, :class:`prism.Delivery`...) and raise the same
+``db.keyvalue(ns)``, ``db.queue(ns)``, ``db.timeseries(ns)`` and ``db.counter(ns)``
+take and return the same model types (:class:`prism.Item`, :class:`prism.Keys`,
+:class:`prism.ItemsPage`, :class:`prism.Message`, :class:`prism.Delivery`,
+:class:`prism.Event`, :class:`prism.EventsPage`...) and raise the same
 ``prism.errors`` classes, with the same messages, as ``prism.open``. Failures
 only a network call has are :class:`RemoteError` subclasses; an unreachable
 gateway is :class:`Unavailable`, a :class:`prism.BackendError` as embedded.
@@ -37,6 +38,18 @@ Retries (only what is safe):
   have reached the gateway, and a retry could publish the messages twice, or
   lease messages twice, or take back a delivery someone else now holds. They
   raise, and the caller decides.
+* TimeSeries ``write_events`` is retried like a KeyValue write: an event is
+  identified by its series, time and id, so writing it again changes nothing.
+  ``read_events`` is retried like a read.
+* Counter ``add`` and ``clear`` always carry a token (the caller's, or one made
+  per call and sent again on each retry). They are retried on UNAVAILABLE only
+  when a retry cannot count twice: when the namespace is in ``exact`` mode
+  (the gateway then applies a token once), or when the gateway said it refused
+  the call before running it (its backend's circuit breaker was open). The
+  mode is asked of the gateway (GetPlan) the first time a retry is in
+  question, and remembered by the handle. In ``best_effort`` mode any other
+  UNAVAILABLE raises: the add may or may not have counted, and the caller
+  decides. ``get`` is retried like a read.
 
 Differences from embedded, by necessity: a handle is lazy, so an unknown
 namespace is reported by its first call rather than by ``db.keyvalue()``;
@@ -61,11 +74,16 @@ import attrs
 import grpc
 from google.protobuf import duration_pb2
 
+# googleapis-common-protos ships .pyi files but no py.typed marker.
+from google.rpc import error_details_pb2  # type: ignore[import-untyped]
+
 from prism.client import Consumer, KeyValueCalls, _LoopThread
-from prism.config import Limits, QueueLimits
+from prism.config import CounterMode, CounterSettings, Limits, QueueLimits, TimeSeriesSettings
 from prism.errors import InvalidArgument, InvalidPageToken, LimitExceeded, PrismError
 from prism.gateway import convert
+from prism.gateway.counter_service import add_request, token_to_proto, value_from_response
 from prism.gateway.status import (
+    DOMAIN,
     DeadlineExceeded,
     InternalError,
     PermissionDenied,
@@ -75,12 +93,15 @@ from prism.gateway.status import (
     error_from_status,
     rich_status,
 )
+from prism.gateway.timeseries_service import event_to_proto, events_from_response, order_to_proto
 from prism.gateway.tls import PemSource, TlsError, channel_credentials
 from prism.log import get_logger
 from prism.models import (
     AllItems,
     Delete,
     Delivery,
+    Event,
+    EventsPage,
     IdempotencyToken,
     Item,
     ItemsInput,
@@ -94,25 +115,50 @@ from prism.models import (
     RecordsPage,
 )
 from prism.planner import NamespacePlan
-from prism.spi import Consistency, Durability, KeyValueTraits, QueueTraits
+from prism.spi import (
+    COUNTER_MAX,
+    COUNTER_MIN,
+    Consistency,
+    CounterTraits,
+    Durability,
+    KeyValueTraits,
+    QueueTraits,
+    TimeSeriesTraits,
+)
+from prism.timeseries.namespace import Order
 from prism.units import ByteSize, parse_duration, parse_size
-from prism.v1 import admin_pb2, admin_pb2_grpc, keyvalue_pb2, keyvalue_pb2_grpc, queue_pb2, queue_pb2_grpc
+from prism.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    counter_pb2,
+    counter_pb2_grpc,
+    keyvalue_pb2,
+    keyvalue_pb2_grpc,
+    queue_pb2,
+    queue_pb2_grpc,
+    timeseries_pb2,
+    timeseries_pb2_grpc,
+)
 
 __all__ = [
     "AsyncRemoteConsumer",
+    "AsyncRemoteCounter",
     "AsyncRemoteKeyValue",
     "AsyncRemotePrism",
     "AsyncRemoteQueue",
     "AsyncRemoteSubscription",
+    "AsyncRemoteTimeSeries",
     "DeadlineExceeded",
     "InternalError",
     "PermissionDenied",
     "RemoteConsumer",
+    "RemoteCounter",
     "RemoteError",
     "RemoteKeyValue",
     "RemotePrism",
     "RemoteQueue",
     "RemoteSubscription",
+    "RemoteTimeSeries",
     "RetryPolicy",
     "ServedNamespace",
     "TlsError",
@@ -394,9 +440,9 @@ class _Connection:
                 f"{target!r}: ca=, cert= and key= are TLS settings; connect to grpcs://{self.address} to use them"
             )
         self._channel: grpc.aio.Channel | None = None
-        self._stubs: tuple[Any, Any, Any] | None = None
+        self._stubs: tuple[Any, Any, Any, Any, Any] | None = None
 
-    def _open(self) -> tuple[Any, Any, Any]:
+    def _open(self) -> tuple[Any, Any, Any, Any, Any]:
         # The channel binds to the running loop, so it is made on first use.
         if self._stubs is None:
             if self._credentials is not None:
@@ -409,6 +455,8 @@ class _Connection:
                 keyvalue_pb2_grpc.KeyValueServiceStub(self._channel),
                 queue_pb2_grpc.QueueServiceStub(self._channel),
                 admin_pb2_grpc.AdminServiceStub(self._channel),
+                timeseries_pb2_grpc.TimeSeriesServiceStub(self._channel),
+                counter_pb2_grpc.CounterServiceStub(self._channel),
             )
         return self._stubs
 
@@ -425,6 +473,16 @@ class _Connection:
     @property
     def admin(self) -> admin_pb2_grpc.AdminServiceAsyncStub:
         stub: admin_pb2_grpc.AdminServiceAsyncStub = self._open()[2]
+        return stub
+
+    @property
+    def timeseries(self) -> timeseries_pb2_grpc.TimeSeriesServiceAsyncStub:
+        stub: timeseries_pb2_grpc.TimeSeriesServiceAsyncStub = self._open()[3]
+        return stub
+
+    @property
+    def counter(self) -> counter_pb2_grpc.CounterServiceAsyncStub:
+        stub: counter_pb2_grpc.CounterServiceAsyncStub = self._open()[4]
         return stub
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -469,11 +527,12 @@ class _Connection:
         *,
         name: str,
         namespace: str,
-        retry: bool,
+        retry: bool | Callable[[grpc.aio.AioRpcError], Awaitable[bool]],
         extra_s: float = 0.0,
     ) -> Resp:
         """One unary call with the deadline, and retries on UNAVAILABLE when
-        ``retry`` (only for calls that are safe to repeat)."""
+        ``retry`` (only for calls that are safe to repeat). A function as
+        ``retry`` decides for each UNAVAILABLE whether repeating is safe."""
         timeout_s = self.timeout_s + extra_s
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
@@ -486,6 +545,8 @@ class _Connection:
             except grpc.aio.AioRpcError as exc:
                 pause = self.retry.backoff(attempt)
                 last = attempt == tries - 1 or exc.code() is not grpc.StatusCode.UNAVAILABLE
+                if not last and callable(retry) and not await retry(exc):
+                    last = True
                 if last or loop.time() + pause >= deadline:
                     raise self.error(exc, name, namespace, timeout_s) from None
                 log.debug("retrying", method=name, namespace=namespace, attempt=attempt + 1, pause_s=pause)
@@ -824,9 +885,239 @@ class AsyncRemoteSubscription:
         await self.close()
 
 
+# -- TimeSeries and Counter ------------------------------------------------------------------------
+#
+# What a prism.v1 message cannot carry is refused here with the embedded core's
+# own message and field, as for KeyValue above; everything else (limits,
+# retention, skew, page tokens, token windows) is the gateway's to check.
+
+#: The largest ``limit`` the wire carries (uint32).
+_MAX_WIRE_LIMIT = 2**32 - 1
+
+
+def _check_series(namespace: str, series: object) -> str:
+    if not isinstance(series, str):
+        raise InvalidArgument(
+            f"series must be a non-empty str, got {series!r}", namespace=namespace, field="series"
+        )
+    return series
+
+
+def _check_time(namespace: str, value: object, field: str) -> datetime:
+    if not isinstance(value, datetime):
+        raise InvalidArgument(
+            f"{field} must be a timezone-aware datetime, got {type(value).__name__}",
+            namespace=namespace,
+            field=field,
+        )
+    if value.tzinfo is None:
+        raise InvalidArgument(
+            f"{field} {value.isoformat()} has no timezone; use an aware datetime (datetime.now(UTC))",
+            namespace=namespace,
+            field=field,
+        )
+    return value
+
+
+def _events(namespace: str, events: object) -> list[timeseries_pb2.Event]:
+    if isinstance(events, Event) or not isinstance(events, Sequence):
+        raise InvalidArgument(
+            f"events must be a list of prism.Event, got {type(events).__name__}",
+            namespace=namespace,
+            field="events",
+        )
+    out: list[timeseries_pb2.Event] = []
+    for index, event in enumerate(events):
+        field = f"events[{index}]"
+        if not isinstance(event, Event):
+            raise InvalidArgument(
+                f"{field} must be a prism.Event, got {type(event).__name__}", namespace=namespace, field=field
+            )
+        _check_time(namespace, event.event_time, f"{field}.event_time")
+        if not isinstance(event.event_id, str):
+            raise InvalidArgument(
+                f"{field}.event_id must be a non-empty str (the event's id within its time, which makes a "
+                f"retried write idempotent), got {event.event_id!r}",
+                namespace=namespace,
+                field=f"{field}.event_id",
+            )
+        out.append(event_to_proto(event))
+    return out
+
+
+def _check_counter(namespace: str, counter: object) -> str:
+    if not isinstance(counter, str):
+        raise InvalidArgument(
+            f"counter must be a non-empty str, got {counter!r}", namespace=namespace, field="counter"
+        )
+    return counter
+
+
+def _check_delta(namespace: str, delta: object) -> int:
+    if isinstance(delta, bool) or not isinstance(delta, int):
+        raise InvalidArgument(
+            f"delta must be an int, got {type(delta).__name__}", namespace=namespace, field="delta"
+        )
+    if not COUNTER_MIN <= delta <= COUNTER_MAX:
+        raise LimitExceeded(
+            f"delta {delta} is outside the signed 64-bit range counters hold",
+            namespace=namespace,
+            limit_name="counter value range",
+            limit=COUNTER_MAX,
+            actual=delta,
+            field="delta",
+        )
+    return delta
+
+
+def _refused_before_running(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether the gateway says it refused the call before its operation ran
+    (the backend's circuit breaker was open): then nothing happened, and
+    repeating it cannot apply it twice."""
+    status = rich_status(exc.trailing_metadata())
+    for packed in status.details if status is not None else ():
+        if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            packed.Unpack(info)
+            return bool(info.domain == DOMAIN and info.reason == "BreakerOpen")
+    return False
+
+
+class AsyncRemoteTimeSeries:
+    """One TimeSeries namespace through the gateway; same methods as :class:`prism.AsyncTimeSeries`."""
+
+    def __init__(self, name: str, connection: _Connection) -> None:
+        self.name = name
+        self._conn = connection
+
+    def __repr__(self) -> str:
+        return f"<AsyncRemoteTimeSeries {self.name!r} via {self._conn.target}>"
+
+    async def write_events(self, series: str, events: Sequence[Event]) -> None:
+        """Retried on UNAVAILABLE: an event is identified by its series, time
+        and id, so writing it again changes nothing."""
+        request = timeseries_pb2.WriteEventsRequest(
+            namespace=self.name, series=_check_series(self.name, series), events=_events(self.name, events)
+        )
+        ts = self._conn.timeseries
+        await self._conn.call(ts.WriteEvents, request, name="WriteEvents", namespace=self.name, retry=True)
+
+    async def read_events(
+        self,
+        series: str,
+        start: datetime,
+        end: datetime,
+        *,
+        order: Order = "asc",
+        limit: int | None = None,
+        page_token: str | None = None,
+    ) -> EventsPage:
+        series = _check_series(self.name, series)
+        start = _check_time(self.name, start, "start")
+        end = _check_time(self.name, end, "end")
+        if order not in ("asc", "desc"):
+            raise InvalidArgument(
+                f"order must be 'asc' or 'desc', got {order!r}", namespace=self.name, field="order"
+            )
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise InvalidArgument(
+                f"limit must be a positive int, got {limit!r}", namespace=self.name, field="limit"
+            )
+        request = timeseries_pb2.ReadEventsRequest(
+            namespace=self.name,
+            series=series,
+            start=convert.datetime_to_timestamp(start),
+            end=convert.datetime_to_timestamp(end),
+            order=order_to_proto(order),
+            # Past what the wire carries: the gateway names the namespace's limit.
+            limit=0 if limit is None else min(limit, _MAX_WIRE_LIMIT),
+            page_token=_check_page_token(self.name, page_token),
+        )
+        ts = self._conn.timeseries
+        response = await self._conn.call(
+            ts.ReadEvents, request, name="ReadEvents", namespace=self.name, retry=True
+        )
+        return EventsPage(events_from_response(response.events, self.name), response.next_page_token or None)
+
+
+class AsyncRemoteCounter:
+    """One Counter namespace through the gateway; same methods as :class:`prism.AsyncCounter`.
+
+    ``add`` and ``clear`` always send a token (see the module docstring for
+    when they are retried)."""
+
+    def __init__(self, name: str, connection: _Connection) -> None:
+        self.name = name
+        self._conn = connection
+        self._mode: CounterMode | None = None
+
+    def __repr__(self) -> str:
+        return f"<AsyncRemoteCounter {self.name!r} via {self._conn.target}>"
+
+    async def _served_mode(self) -> CounterMode | None:
+        """The namespace's ``counter.mode`` as the gateway serves it (asked
+        once, then remembered); None when the gateway cannot say now."""
+        if self._mode is None:
+            try:
+                served = await self._conn.admin.GetPlan(
+                    admin_pb2.GetPlanRequest(name=self.name),
+                    timeout=self._conn.timeout_s,
+                    metadata=self._conn.metadata(),
+                )
+            except grpc.aio.AioRpcError:
+                return None
+            if served.HasField("counter"):
+                self._mode = _COUNTER_MODE_NAMES.get(served.counter.mode)
+        return self._mode
+
+    async def _may_retry(self, exc: grpc.aio.AioRpcError) -> bool:
+        """Whether repeating a failed add or clear (with its token) is safe."""
+        return _refused_before_running(exc) or await self._served_mode() == "exact"
+
+    async def add(self, counter: str, delta: int = 1, *, token: IdempotencyToken | None = None) -> int | None:
+        request = add_request(
+            self.name,
+            _check_counter(self.name, counter),
+            _check_delta(self.name, delta),
+            _check_token(self.name, token),
+        )
+        c = self._conn.counter
+        response = await self._conn.call(
+            c.Add, request, name="Add", namespace=self.name, retry=self._may_retry
+        )
+        return value_from_response(response)
+
+    async def get(self, counter: str) -> int:
+        request = counter_pb2.GetRequest(namespace=self.name, counter=_check_counter(self.name, counter))
+        c = self._conn.counter
+        response = await self._conn.call(c.Get, request, name="Get", namespace=self.name, retry=True)
+        return response.value
+
+    async def clear(self, counter: str, *, token: IdempotencyToken | None = None) -> None:
+        request = counter_pb2.ClearRequest(
+            namespace=self.name,
+            counter=_check_counter(self.name, counter),
+            token=token_to_proto(_check_token(self.name, token)),
+        )
+        c = self._conn.counter
+        await self._conn.call(c.Clear, request, name="Clear", namespace=self.name, retry=self._may_retry)
+
+
 # -- run-time namespaces (AdminService.CreateNamespace) -------------------------------------
 
-_ABSTRACTION_NUMBERS = {"keyvalue": admin_pb2.ABSTRACTION_KEYVALUE, "queue": admin_pb2.ABSTRACTION_QUEUE}
+_ABSTRACTION_NUMBERS = {
+    "keyvalue": admin_pb2.ABSTRACTION_KEYVALUE,
+    "queue": admin_pb2.ABSTRACTION_QUEUE,
+    "timeseries": admin_pb2.ABSTRACTION_TIMESERIES,
+    "counter": admin_pb2.ABSTRACTION_COUNTER,
+}
+_COUNTER_MODE_NUMBERS: dict[CounterMode, admin_pb2.CounterMode.ValueType] = {
+    "best_effort": admin_pb2.COUNTER_MODE_BEST_EFFORT,
+    "exact": admin_pb2.COUNTER_MODE_EXACT,
+}
+_COUNTER_MODE_NAMES: dict[admin_pb2.CounterMode.ValueType, CounterMode] = {
+    number: name for name, number in _COUNTER_MODE_NUMBERS.items()
+}
 _DURABILITY_NUMBERS = {"ephemeral": admin_pb2.DURABILITY_EPHEMERAL, "durable": admin_pb2.DURABILITY_DURABLE}
 _CONSISTENCY_NUMBERS = {
     "eventual": admin_pb2.CONSISTENCY_EVENTUAL,
@@ -840,8 +1131,9 @@ _NEEDS_KEYS = ("durability", "consistency", "ttl", "max_value_bytes", "read_rps"
 class ServedNamespace:
     """A namespace as the gateway serves it (AdminService's ``Namespace``): its
     plan, the backend's capabilities and traits, and the limits in force.
-    ``limits`` is set for KeyValue namespaces, ``queue`` for Queue ones; their
-    ``max_value_bytes`` and ``max_message_bytes`` are the effective limits."""
+    ``limits`` is set for KeyValue namespaces, ``queue`` for Queue ones,
+    ``timeseries`` and ``counter`` for those; their ``max_value_bytes``,
+    ``max_message_bytes`` and ``max_payload_bytes`` are the effective limits."""
 
     name: str
     abstraction: str
@@ -849,11 +1141,13 @@ class ServedNamespace:
     plugin: str
     reason: str
     capabilities: frozenset[str]
-    traits: KeyValueTraits | QueueTraits | None
+    traits: KeyValueTraits | QueueTraits | TimeSeriesTraits | CounterTraits | None
     limits: Limits | None = None
     queue: QueueLimits | None = None
     runtime: bool = False
     """Declared at run time (CreateNamespace), not in the gateway's prism.yaml."""
+    timeseries: TimeSeriesSettings | None = None
+    counter: CounterSettings | None = None
 
     @property
     def plan(self) -> NamespacePlan:
@@ -875,10 +1169,14 @@ def _wire_settings(
     name: str,
     block: str,
     values: Mapping[str, Any] | None,
-    message: admin_pb2.KeyValueLimits | admin_pb2.QueueSettings,
+    message: admin_pb2.KeyValueLimits
+    | admin_pb2.QueueSettings
+    | admin_pb2.TimeSeriesSettings
+    | admin_pb2.CounterSettings,
 ) -> None:
-    """Copy a ``limits:`` or ``queue:`` block, as prism.yaml spells it (``"8MiB"``,
-    ``"30s"``), into its typed message. What is left out stays the default."""
+    """Copy a ``limits:``, ``queue:``, ``timeseries:`` or ``counter:`` block, as
+    prism.yaml spells it (``"8MiB"``, ``"30s"``), into its typed message. What is
+    left out stays the default."""
     if not values:
         return
     known = [field.name for field in message.DESCRIPTOR.fields]
@@ -910,6 +1208,8 @@ def declaration_request(
     backend: str | None = None,
     limits: Mapping[str, Any] | None = None,
     queue: Mapping[str, Any] | None = None,
+    timeseries: Mapping[str, Any] | None = None,
+    counter: Mapping[str, Any] | None = None,
 ) -> admin_pb2.CreateNamespaceRequest:
     """A CreateNamespaceRequest from a namespace entry as prism.yaml spells it.
     Only what the wire cannot carry is checked here; the gateway checks the rest
@@ -918,7 +1218,11 @@ def declaration_request(
     :raises InvalidArgument: naming the field.
     """
     if abstraction not in _ABSTRACTION_NUMBERS:
-        raise _bad_declaration(name, "abstraction", f"expected 'keyvalue' or 'queue', got {abstraction!r}")
+        raise _bad_declaration(
+            name,
+            "abstraction",
+            f"expected 'keyvalue', 'queue', 'timeseries' or 'counter', got {abstraction!r}",
+        )
     request = admin_pb2.CreateNamespaceRequest(
         name=name, abstraction=_ABSTRACTION_NUMBERS[abstraction], backend=backend or ""
     )
@@ -952,6 +1256,19 @@ def declaration_request(
         _wire_settings(name, "limits", limits, request.limits)
     if queue:
         _wire_settings(name, "queue", queue, request.queue)
+    if timeseries:
+        _wire_settings(name, "timeseries", timeseries, request.timeseries)
+    if counter:
+        rest = dict(counter)
+        if "mode" in rest:
+            mode = rest.pop("mode")
+            if mode not in _COUNTER_MODE_NUMBERS:
+                raise _bad_declaration(
+                    name, "counter.mode", f"expected 'best_effort' or 'exact', got {mode!r}"
+                )
+            request.counter.mode = _COUNTER_MODE_NUMBERS[mode]
+        _wire_settings(name, "counter", rest, request.counter)
+        request.counter.SetInParent()  # sent even when it sets only the defaults
     return request
 
 
@@ -971,9 +1288,11 @@ def served_namespace(message: admin_pb2.Namespace) -> ServedNamespace:
     # Unspecified (an older gateway): the weakest, so nothing is promised that was not said.
     durability = durabilities.get(message.traits.durability, "ephemeral")
     consistency = consistencies.get(message.traits.consistency, "eventual")
-    traits: KeyValueTraits | QueueTraits | None = None
+    traits: KeyValueTraits | QueueTraits | TimeSeriesTraits | CounterTraits | None = None
     limits: Limits | None = None
     queue: QueueLimits | None = None
+    timeseries: TimeSeriesSettings | None = None
+    counter: CounterSettings | None = None
     wire = message.traits
     if message.HasField("limits"):
         traits = KeyValueTraits(
@@ -1013,6 +1332,34 @@ def served_namespace(message: admin_pb2.Namespace) -> ServedNamespace:
             max_delay=_timedelta(settings.max_delay),
             dead_letter_suffix=settings.dead_letter_suffix,
         )
+    elif message.HasField("timeseries"):
+        traits = TimeSeriesTraits(
+            durability=durability,
+            max_event_bytes=wire.max_event_bytes,
+            max_retention=_timedelta(wire.max_retention) if wire.HasField("max_retention") else None,
+            durability_note=wire.durability_note,
+        )
+        series = message.timeseries
+        timeseries = TimeSeriesSettings(
+            retention=_timedelta(series.retention),
+            max_future_skew=_timedelta(series.max_future_skew),
+            bucket=_timedelta(series.bucket),
+            max_payload_bytes=ByteSize(series.max_payload_bytes),
+            max_tags=series.max_tags,
+            max_tag_bytes=series.max_tag_bytes,
+            max_series_name_bytes=series.max_series_name_bytes,
+            max_event_id_bytes=series.max_event_id_bytes,
+            max_events_per_call=series.max_events_per_call,
+            max_page_events=series.max_page_events,
+            page_size_bytes=ByteSize(series.page_size_bytes),
+        )
+    elif message.HasField("counter"):
+        traits = CounterTraits(durability=durability, durability_note=wire.durability_note)
+        counter = CounterSettings(
+            mode=_COUNTER_MODE_NAMES.get(message.counter.mode, "best_effort"),
+            token_window=_timedelta(message.counter.token_window),
+            max_counter_name_bytes=message.counter.max_counter_name_bytes,
+        )
     return ServedNamespace(
         name=message.name,
         abstraction=abstraction,
@@ -1024,6 +1371,8 @@ def served_namespace(message: admin_pb2.Namespace) -> ServedNamespace:
         limits=limits,
         queue=queue,
         runtime=message.runtime,
+        timeseries=timeseries,
+        counter=counter,
     )
 
 
@@ -1045,6 +1394,8 @@ class AsyncRemotePrism:
         self.target = target
         self._keyvalue: dict[str, AsyncRemoteKeyValue] = {}
         self._queue: dict[str, AsyncRemoteQueue] = {}
+        self._timeseries: dict[str, AsyncRemoteTimeSeries] = {}
+        self._counter: dict[str, AsyncRemoteCounter] = {}
 
     def __repr__(self) -> str:
         return f"<AsyncRemotePrism {self.target}>"
@@ -1063,6 +1414,20 @@ class AsyncRemotePrism:
             handle = self._queue[namespace] = AsyncRemoteQueue(namespace, self._conn)
         return handle
 
+    def timeseries(self, namespace: str) -> AsyncRemoteTimeSeries:
+        """The TimeSeries namespace ``namespace``; errors come with its first call."""
+        handle = self._timeseries.get(namespace)
+        if handle is None:
+            handle = self._timeseries[namespace] = AsyncRemoteTimeSeries(namespace, self._conn)
+        return handle
+
+    def counter(self, namespace: str) -> AsyncRemoteCounter:
+        """The Counter namespace ``namespace``; errors come with its first call."""
+        handle = self._counter.get(namespace)
+        if handle is None:
+            handle = self._counter[namespace] = AsyncRemoteCounter(namespace, self._conn)
+        return handle
+
     async def plan(self, namespace: str) -> NamespacePlan:
         """Which backend serves ``namespace``, and why (AdminService.GetPlan)."""
         admin = self._conn.admin
@@ -1073,7 +1438,7 @@ class AsyncRemotePrism:
             namespace=namespace,
             retry=True,
         )
-        abstraction = {admin_pb2.ABSTRACTION_KEYVALUE: "keyvalue", admin_pb2.ABSTRACTION_QUEUE: "queue"}.get(
+        abstraction = {number: name for name, number in _ABSTRACTION_NUMBERS.items()}.get(
             response.abstraction, "unspecified"
         )
         return NamespacePlan(response.name, abstraction, response.backend, response.plugin, response.reason)
@@ -1087,10 +1452,13 @@ class AsyncRemotePrism:
         backend: str | None = None,
         limits: Mapping[str, Any] | None = None,
         queue: Mapping[str, Any] | None = None,
+        timeseries: Mapping[str, Any] | None = None,
+        counter: Mapping[str, Any] | None = None,
     ) -> ServedNamespace:
         """Declare ``name`` on the gateway (AdminService.CreateNamespace), as an
         entry under ``namespaces:`` in its prism.yaml would, e.g.
-        ``create_namespace("carts", needs={"ttl": "1d"}, limits={"max_key_bytes": 64})``.
+        ``create_namespace("carts", needs={"ttl": "1d"}, limits={"max_key_bytes": 64})`` or
+        ``create_namespace("views", "counter", counter={"mode": "exact"})``.
 
         Declaring the same settings again succeeds, so call it at every start-up.
         The namespace lasts until the gateway restarts; its data stays on the
@@ -1105,7 +1473,14 @@ class AsyncRemotePrism:
             settings) or RESOURCE_EXHAUSTED (the policy's max_namespaces).
         """
         request = declaration_request(
-            name, abstraction, needs=needs, backend=backend, limits=limits, queue=queue
+            name,
+            abstraction,
+            needs=needs,
+            backend=backend,
+            limits=limits,
+            queue=queue,
+            timeseries=timeseries,
+            counter=counter,
         )
         admin = self._conn.admin
         response = await self._conn.call(
@@ -1262,6 +1637,62 @@ class RemoteQueue:
         )
 
 
+class RemoteTimeSeries:
+    """One TimeSeries namespace through the gateway, synchronous; same methods as :class:`prism.TimeSeries`."""
+
+    def __init__(self, inner: AsyncRemoteTimeSeries, portal: _LoopThread) -> None:
+        self._inner = inner
+        self._portal = portal
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    def __repr__(self) -> str:
+        return f"<RemoteTimeSeries {self.name!r} via {self._inner._conn.target}>"
+
+    def write_events(self, series: str, events: Sequence[Event]) -> None:
+        return self._portal.run(self._inner.write_events(series, events))
+
+    def read_events(
+        self,
+        series: str,
+        start: datetime,
+        end: datetime,
+        *,
+        order: Order = "asc",
+        limit: int | None = None,
+        page_token: str | None = None,
+    ) -> EventsPage:
+        return self._portal.run(
+            self._inner.read_events(series, start, end, order=order, limit=limit, page_token=page_token)
+        )
+
+
+class RemoteCounter:
+    """One Counter namespace through the gateway, synchronous; same methods as :class:`prism.Counter`."""
+
+    def __init__(self, inner: AsyncRemoteCounter, portal: _LoopThread) -> None:
+        self._inner = inner
+        self._portal = portal
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    def __repr__(self) -> str:
+        return f"<RemoteCounter {self.name!r} via {self._inner._conn.target}>"
+
+    def add(self, counter: str, delta: int = 1, *, token: IdempotencyToken | None = None) -> int | None:
+        return self._portal.run(self._inner.add(counter, delta, token=token))
+
+    def get(self, counter: str) -> int:
+        return self._portal.run(self._inner.get(counter))
+
+    def clear(self, counter: str, *, token: IdempotencyToken | None = None) -> None:
+        return self._portal.run(self._inner.clear(counter, token=token))
+
+
 class RemotePrism:
     """Prism through a gateway, synchronous; same shape as :class:`prism.Prism`.
     Close it (or use ``with``) when done."""
@@ -1283,6 +1714,8 @@ class RemotePrism:
         self._portal = _LoopThread()
         self._keyvalue: dict[str, RemoteKeyValue] = {}
         self._queue: dict[str, RemoteQueue] = {}
+        self._timeseries: dict[str, RemoteTimeSeries] = {}
+        self._counter: dict[str, RemoteCounter] = {}
         self._closed = False
 
     @property
@@ -1304,6 +1737,19 @@ class RemotePrism:
             handle = self._queue[namespace] = RemoteQueue(self._async.queue(namespace), self._portal)
         return handle
 
+    def timeseries(self, namespace: str) -> RemoteTimeSeries:
+        handle = self._timeseries.get(namespace)
+        if handle is None:
+            handle = RemoteTimeSeries(self._async.timeseries(namespace), self._portal)
+            self._timeseries[namespace] = handle
+        return handle
+
+    def counter(self, namespace: str) -> RemoteCounter:
+        handle = self._counter.get(namespace)
+        if handle is None:
+            handle = self._counter[namespace] = RemoteCounter(self._async.counter(namespace), self._portal)
+        return handle
+
     def plan(self, namespace: str) -> NamespacePlan:
         return self._portal.run(self._async.plan(namespace))
 
@@ -1316,11 +1762,20 @@ class RemotePrism:
         backend: str | None = None,
         limits: Mapping[str, Any] | None = None,
         queue: Mapping[str, Any] | None = None,
+        timeseries: Mapping[str, Any] | None = None,
+        counter: Mapping[str, Any] | None = None,
     ) -> ServedNamespace:
         """Declare a namespace on the gateway; see :meth:`AsyncRemotePrism.create_namespace`."""
         return self._portal.run(
             self._async.create_namespace(
-                name, abstraction, needs=needs, backend=backend, limits=limits, queue=queue
+                name,
+                abstraction,
+                needs=needs,
+                backend=backend,
+                limits=limits,
+                queue=queue,
+                timeseries=timeseries,
+                counter=counter,
             )
         )
 

@@ -1,7 +1,8 @@
 """The gateway: Prism's runtime served over gRPC (``prism.v1``).
 
 ``prism serve`` runs :class:`prism.gateway.server.Gateway`, a ``grpc.aio`` server
-for KeyValueService, QueueService and AdminService, with gRPC health checking and
+for KeyValueService, QueueService, TimeSeriesService, CounterService and
+AdminService, with gRPC health checking and
 server reflection so that standard tools (grpcurl, grpc-health-probe) work.
 :mod:`prism.remote` is the Python client; it has the same API as ``prism.open``.
 
@@ -14,6 +15,9 @@ The modules, one job each:
   becomes, with its rich details, and back again on the client.
 * :mod:`prism.gateway.services`: the servicers, thin adapters over
   ``AsyncPrism``; every semantic rule stays in the core.
+* :mod:`prism.gateway.timeseries_service`, :mod:`prism.gateway.counter_service`:
+  the TimeSeries and Counter servicers with their conversions (shared with
+  the remote client).
 * :mod:`prism.gateway.subscriptions`: Queue ``Subscribe`` streams and their
   flow control.
 * :mod:`prism.gateway.auth`: bearer tokens, per-namespace roles, and the table

@@ -44,6 +44,12 @@ REQUIRED_ROLE: Mapping[str, str | None] = {
     "Subscribe": "read",
     "Ack": "read",
     "Nack": "read",
+    # TimeSeries and Counter: writes need write, reads need read.
+    "WriteEvents": "write",
+    "ReadEvents": "read",
+    "Add": "write",
+    "Clear": "write",
+    "Get": "read",
     "GetPlan": None,
     "CreateNamespace": "admin",
 }

@@ -37,12 +37,25 @@ from prism.client import AsyncPrism, ConfigSource
 from prism.config import TlsConfig
 from prism.gateway import DEFAULT_GRACE_S, DEFAULT_LISTEN
 from prism.gateway.auth import Authenticator
+from prism.gateway.counter_service import CounterService
 from prism.gateway.metrics import GatewayMetrics, MetricsServer
 from prism.gateway.services import AdminService, Calls, KeyValueService, QueueService
 from prism.gateway.subscriptions import Subscriptions
+from prism.gateway.timeseries_service import TimeSeriesService
 from prism.gateway.tls import server_credentials
 from prism.log import get_logger
-from prism.v1 import admin_pb2, admin_pb2_grpc, keyvalue_pb2, keyvalue_pb2_grpc, queue_pb2, queue_pb2_grpc
+from prism.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    counter_pb2,
+    counter_pb2_grpc,
+    keyvalue_pb2,
+    keyvalue_pb2_grpc,
+    queue_pb2,
+    queue_pb2_grpc,
+    timeseries_pb2,
+    timeseries_pb2_grpc,
+)
 
 log = get_logger(__name__)
 
@@ -52,6 +65,8 @@ log = get_logger(__name__)
 SERVICE_NAMES: tuple[str, ...] = (
     keyvalue_pb2.DESCRIPTOR.services_by_name["KeyValueService"].full_name,
     queue_pb2.DESCRIPTOR.services_by_name["QueueService"].full_name,
+    timeseries_pb2.DESCRIPTOR.services_by_name["TimeSeriesService"].full_name,
+    counter_pb2.DESCRIPTOR.services_by_name["CounterService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 )
 HEALTH_SERVICE_NAME: str = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
@@ -117,6 +132,10 @@ class Gateway:
         queue_pb2_grpc.add_QueueServiceServicer_to_server(
             QueueService(db, calls, self.subscriptions), self._server
         )
+        timeseries_pb2_grpc.add_TimeSeriesServiceServicer_to_server(
+            TimeSeriesService(db, calls), self._server
+        )
+        counter_pb2_grpc.add_CounterServiceServicer_to_server(CounterService(db, calls), self._server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(db, calls), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         _enable_reflection((*SERVICE_NAMES, HEALTH_SERVICE_NAME), self._server)

@@ -60,11 +60,12 @@ from prism.log import Logger, get_logger
 from prism.planner import (
     NamespacePlan,
     effective_max_message_bytes,
+    effective_max_payload_bytes,
     effective_max_value_bytes,
     plan_namespace,
 )
 from prism.runtime import NamespaceConflict, differences, namespace_from_mapping
-from prism.spi import KeyValueTraits, QueueTraits
+from prism.spi import CounterTraits, KeyValueTraits, QueueTraits, TimeSeriesTraits
 from prism.v1 import admin_pb2, admin_pb2_grpc, keyvalue_pb2, keyvalue_pb2_grpc, queue_pb2, queue_pb2_grpc
 
 T = TypeVar("T")
@@ -569,7 +570,14 @@ class QueueService(queue_pb2_grpc.QueueServiceServicer):
 _ABSTRACTIONS = {
     "keyvalue": admin_pb2.ABSTRACTION_KEYVALUE,
     "queue": admin_pb2.ABSTRACTION_QUEUE,
+    "timeseries": admin_pb2.ABSTRACTION_TIMESERIES,
+    "counter": admin_pb2.ABSTRACTION_COUNTER,
 }
+_COUNTER_MODES = {
+    "best_effort": admin_pb2.COUNTER_MODE_BEST_EFFORT,
+    "exact": admin_pb2.COUNTER_MODE_EXACT,
+}
+_COUNTER_MODE_NAMES = {number: name for name, number in _COUNTER_MODES.items()}
 _ABSTRACTION_NAMES = {number: name for name, number in _ABSTRACTIONS.items()}
 _DURABILITY = {"ephemeral": admin_pb2.DURABILITY_EPHEMERAL, "durable": admin_pb2.DURABILITY_DURABLE}
 _CONSISTENCY = {
@@ -583,7 +591,12 @@ _CONSISTENCY_NAMES = {number: name for name, number in _CONSISTENCY.items()}
 POLICY_KEY = "gateway.create_namespaces"
 
 
-def _settings_from_proto(message: admin_pb2.KeyValueLimits | admin_pb2.QueueSettings) -> dict[str, Any]:
+def _settings_from_proto(
+    message: admin_pb2.KeyValueLimits
+    | admin_pb2.QueueSettings
+    | admin_pb2.TimeSeriesSettings
+    | admin_pb2.CounterSettings,
+) -> dict[str, Any]:
     """The fields a client set, as a ``limits:`` or ``queue:`` block of
     prism.yaml: 0, "" and unset durations mean the default and are left out
     (``ListFields`` lists only those that are set)."""
@@ -602,7 +615,8 @@ def declaration_from_proto(request: admin_pb2.CreateNamespaceRequest) -> dict[st
     abstraction = _ABSTRACTION_NAMES.get(request.abstraction)
     if abstraction is None:
         raise InvalidArgument(
-            "abstraction is required: set ABSTRACTION_KEYVALUE or ABSTRACTION_QUEUE",
+            "abstraction is required: set ABSTRACTION_KEYVALUE, ABSTRACTION_QUEUE, ABSTRACTION_TIMESERIES "
+            "or ABSTRACTION_COUNTER",
             namespace=request.name,
             field="abstraction",
         )
@@ -628,6 +642,20 @@ def declaration_from_proto(request: admin_pb2.CreateNamespaceRequest) -> dict[st
         body["limits"] = limits
     if request.HasField("queue") and (queue := _settings_from_proto(request.queue)):
         body["queue"] = queue
+    if request.HasField("timeseries") and (timeseries := _settings_from_proto(request.timeseries)):
+        body["timeseries"] = timeseries
+    if request.HasField("counter") and (counter := _settings_from_proto(request.counter)):
+        if "mode" in counter:
+            mode = _COUNTER_MODE_NAMES.get(counter["mode"])
+            if mode is None:
+                raise InvalidArgument(
+                    f"counter.mode {counter['mode']} is not a CounterMode; set COUNTER_MODE_BEST_EFFORT or "
+                    "COUNTER_MODE_EXACT",
+                    namespace=request.name,
+                    field="counter.mode",
+                )
+            counter["mode"] = mode
+        body["counter"] = counter
     return body
 
 
@@ -737,6 +765,44 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                     max_message_bytes=traits.max_message_bytes,
                     durability_note=traits.durability_note,
                 )
+            )
+        elif isinstance(traits, TimeSeriesTraits):
+            series = ns.timeseries
+            out.timeseries.CopyFrom(
+                admin_pb2.TimeSeriesSettings(
+                    retention=_duration(series.retention),
+                    max_future_skew=_duration(series.max_future_skew),
+                    bucket=_duration(series.bucket),
+                    max_payload_bytes=effective_max_payload_bytes(ns, traits),
+                    max_tags=series.max_tags,
+                    max_tag_bytes=series.max_tag_bytes,
+                    max_series_name_bytes=series.max_series_name_bytes,
+                    max_event_id_bytes=series.max_event_id_bytes,
+                    max_events_per_call=series.max_events_per_call,
+                    max_page_events=series.max_page_events,
+                    page_size_bytes=series.page_size_bytes,
+                )
+            )
+            out.traits.CopyFrom(
+                admin_pb2.BackendTraits(
+                    durability=durability,
+                    max_event_bytes=traits.max_event_bytes,
+                    durability_note=traits.durability_note,
+                )
+            )
+            if traits.max_retention is not None:
+                out.traits.max_retention.CopyFrom(_duration(traits.max_retention))
+        elif isinstance(traits, CounterTraits):
+            counter = ns.counter
+            out.counter.CopyFrom(
+                admin_pb2.CounterSettings(
+                    mode=_COUNTER_MODES.get(counter.mode, admin_pb2.COUNTER_MODE_UNSPECIFIED),
+                    token_window=_duration(counter.token_window),
+                    max_counter_name_bytes=counter.max_counter_name_bytes,
+                )
+            )
+            out.traits.CopyFrom(
+                admin_pb2.BackendTraits(durability=durability, durability_note=traits.durability_note)
             )
         return out
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14prism/v1/admin.proto\x12\x08prism.v1\x1a\x1egoogle/protobuf/duration.proto\"\xd9\x01\n\x05Needs\x12(\n\ndurability\x18\x01 \x01(\x0e\x32\x14.prism.v1.Durability\x12*\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x15.prism.v1.Consistency\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fmax_value_bytes\x18\x04 \x01(\x04\x12\x10\n\x08read_rps\x18\x05 \x01(\r\x12\x11\n\twrite_rps\x18\x06 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\"\x8f\x02\n\x0eKeyValueLimits\x12\x15\n\rmax_key_bytes\x18\x01 \x01(\x04\x12\x17\n\x0fmax_value_bytes\x18\x02 \x01(\x04\x12\x1a\n\x12max_items_per_call\x18\x03 \x01(\r\x12\x17\n\x0fpage_size_bytes\x18\x04 \x01(\x04\x12\x1b\n\x13max_page_size_bytes\x18\x05 \x01(\x04\x12\x16\n\x0emax_page_items\x18\x06 \x01(\r\x12\x30\n\rtombstone_ttl\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0emax_token_skew\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9f\x02\n\rQueueSettings\x12\x19\n\x11max_message_bytes\x18\x01 \x01(\x04\x12\x11\n\tmax_batch\x18\x02 \x01(\r\x12\x1c\n\x14max_topic_name_bytes\x18\x03 \x01(\r\x12\x35\n\x12visibility_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\r\x12+\n\x08max_wait\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tmax_delay\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12\x64\x65\x61\x64_letter_suffix\x18\x08 \x01(\t\"\x8d\x02\n\rBackendTraits\x12(\n\ndurability\x18\x01 \x01(\x0e\x32\x14.prism.v1.Durability\x12*\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x15.prism.v1.Consistency\x12\x16\n\x0emax_item_bytes\x18\x03 \x01(\x04\x12\x17\n\x0fmax_value_bytes\x18\x04 \x01(\x04\x12*\n\x07max_ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rmax_key_bytes\x18\x06 \x01(\x04\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\x04\x12\x17\n\x0f\x64urability_note\x18\x08 \x01(\t\"\xd0\x02\n\tNamespace\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x0b\x61\x62straction\x18\x02 \x01(\x0e\x32\x15.prism.v1.Abstraction\x12\x1e\n\x05needs\x18\x03 \x01(\x0b\x32\x0f.prism.v1.Needs\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x0e\n\x06plugin\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12(\n\x06limits\x18\x08 \x01(\x0b\x32\x18.prism.v1.KeyValueLimits\x12&\n\x05queue\x18\t \x01(\x0b\x32\x17.prism.v1.QueueSettings\x12\'\n\x06traits\x18\n \x01(\x0b\x32\x17.prism.v1.BackendTraits\x12\x0f\n\x07runtime\x18\x0b \x01(\x08\x12\x16\n\x0epinned_backend\x18\x0c \x01(\t\"\x17\n\x15ListNamespacesRequest\"A\n\x16ListNamespacesResponse\x12\'\n\nnamespaces\x18\x01 \x03(\x0b\x32\x13.prism.v1.Namespace\"\x1e\n\x0eGetPlanRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xd5\x01\n\x16\x43reateNamespaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x0b\x61\x62straction\x18\x02 \x01(\x0e\x32\x15.prism.v1.Abstraction\x12\x1e\n\x05needs\x18\x03 \x01(\x0b\x32\x0f.prism.v1.Needs\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12(\n\x06limits\x18\x05 \x01(\x0b\x32\x18.prism.v1.KeyValueLimits\x12&\n\x05queue\x18\x06 \x01(\x0b\x32\x17.prism.v1.QueueSettings*[\n\x0b\x41\x62straction\x12\x1b\n\x17\x41\x42STRACTION_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41\x42STRACTION_KEYVALUE\x10\x01\x12\x15\n\x11\x41\x42STRACTION_QUEUE\x10\x02*Z\n\nDurability\x12\x1a\n\x16\x44URABILITY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44URABILITY_EPHEMERAL\x10\x01\x12\x16\n\x12\x44URABILITY_DURABLE\x10\x02*~\n\x0b\x43onsistency\x12\x1b\n\x17\x43ONSISTENCY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43ONSISTENCY_EVENTUAL\x10\x01\x12 \n\x1c\x43ONSISTENCY_READ_YOUR_WRITES\x10\x02\x12\x16\n\x12\x43ONSISTENCY_STRONG\x10\x03\x32\xe7\x01\n\x0c\x41\x64minService\x12S\n\x0eListNamespaces\x12\x1f.prism.v1.ListNamespacesRequest\x1a .prism.v1.ListNamespacesResponse\x12\x38\n\x07GetPlan\x12\x18.prism.v1.GetPlanRequest\x1a\x13.prism.v1.Namespace\x12H\n\x0f\x43reateNamespace\x12 .prism.v1.CreateNamespaceRequest\x1a\x13.prism.v1.NamespaceB0\n\x0c\x64\x65v.prism.v1P\x01Z\x1eprism.dev/gen/prism/v1;prismv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14prism/v1/admin.proto\x12\x08prism.v1\x1a\x1egoogle/protobuf/duration.proto\"\xd9\x01\n\x05Needs\x12(\n\ndurability\x18\x01 \x01(\x0e\x32\x14.prism.v1.Durability\x12*\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x15.prism.v1.Consistency\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fmax_value_bytes\x18\x04 \x01(\x04\x12\x10\n\x08read_rps\x18\x05 \x01(\r\x12\x11\n\twrite_rps\x18\x06 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\"\x8f\x02\n\x0eKeyValueLimits\x12\x15\n\rmax_key_bytes\x18\x01 \x01(\x04\x12\x17\n\x0fmax_value_bytes\x18\x02 \x01(\x04\x12\x1a\n\x12max_items_per_call\x18\x03 \x01(\r\x12\x17\n\x0fpage_size_bytes\x18\x04 \x01(\x04\x12\x1b\n\x13max_page_size_bytes\x18\x05 \x01(\x04\x12\x16\n\x0emax_page_items\x18\x06 \x01(\r\x12\x30\n\rtombstone_ttl\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x31\n\x0emax_token_skew\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9f\x02\n\rQueueSettings\x12\x19\n\x11max_message_bytes\x18\x01 \x01(\x04\x12\x11\n\tmax_batch\x18\x02 \x01(\r\x12\x1c\n\x14max_topic_name_bytes\x18\x03 \x01(\r\x12\x35\n\x12visibility_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_attempts\x18\x05 \x01(\r\x12+\n\x08max_wait\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tmax_delay\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1a\n\x12\x64\x65\x61\x64_letter_suffix\x18\x08 \x01(\t\"\xef\x02\n\x12TimeSeriesSettings\x12,\n\tretention\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0fmax_future_skew\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12)\n\x06\x62ucket\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11max_payload_bytes\x18\x04 \x01(\x04\x12\x10\n\x08max_tags\x18\x05 \x01(\r\x12\x15\n\rmax_tag_bytes\x18\x06 \x01(\r\x12\x1d\n\x15max_series_name_bytes\x18\x07 \x01(\r\x12\x1a\n\x12max_event_id_bytes\x18\x08 \x01(\r\x12\x1b\n\x13max_events_per_call\x18\t \x01(\r\x12\x17\n\x0fmax_page_events\x18\n \x01(\r\x12\x17\n\x0fpage_size_bytes\x18\x0b \x01(\x04\"\x87\x01\n\x0f\x43ounterSettings\x12#\n\x04mode\x18\x01 \x01(\x0e\x32\x15.prism.v1.CounterMode\x12/\n\x0ctoken_window\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1e\n\x16max_counter_name_bytes\x18\x03 \x01(\r\"\xd8\x02\n\rBackendTraits\x12(\n\ndurability\x18\x01 \x01(\x0e\x32\x14.prism.v1.Durability\x12*\n\x0b\x63onsistency\x18\x02 \x01(\x0e\x32\x15.prism.v1.Consistency\x12\x16\n\x0emax_item_bytes\x18\x03 \x01(\x04\x12\x17\n\x0fmax_value_bytes\x18\x04 \x01(\x04\x12*\n\x07max_ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rmax_key_bytes\x18\x06 \x01(\x04\x12\x19\n\x11max_message_bytes\x18\x07 \x01(\x04\x12\x17\n\x0f\x64urability_note\x18\x08 \x01(\t\x12\x17\n\x0fmax_event_bytes\x18\t \x01(\x04\x12\x30\n\rmax_retention\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\"\xae\x03\n\tNamespace\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x0b\x61\x62straction\x18\x02 \x01(\x0e\x32\x15.prism.v1.Abstraction\x12\x1e\n\x05needs\x18\x03 \x01(\x0b\x32\x0f.prism.v1.Needs\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12\x0e\n\x06plugin\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x07 \x03(\t\x12(\n\x06limits\x18\x08 \x01(\x0b\x32\x18.prism.v1.KeyValueLimits\x12&\n\x05queue\x18\t \x01(\x0b\x32\x17.prism.v1.QueueSettings\x12\'\n\x06traits\x18\n \x01(\x0b\x32\x17.prism.v1.BackendTraits\x12\x0f\n\x07runtime\x18\x0b \x01(\x08\x12\x16\n\x0epinned_backend\x18\x0c \x01(\t\x12\x30\n\ntimeseries\x18\r \x01(\x0b\x32\x1c.prism.v1.TimeSeriesSettings\x12*\n\x07\x63ounter\x18\x0e \x01(\x0b\x32\x19.prism.v1.CounterSettings\"\x17\n\x15ListNamespacesRequest\"A\n\x16ListNamespacesResponse\x12\'\n\nnamespaces\x18\x01 \x03(\x0b\x32\x13.prism.v1.Namespace\"\x1e\n\x0eGetPlanRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\xb3\x02\n\x16\x43reateNamespaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x0b\x61\x62straction\x18\x02 \x01(\x0e\x32\x15.prism.v1.Abstraction\x12\x1e\n\x05needs\x18\x03 \x01(\x0b\x32\x0f.prism.v1.Needs\x12\x0f\n\x07\x62\x61\x63kend\x18\x04 \x01(\t\x12(\n\x06limits\x18\x05 \x01(\x0b\x32\x18.prism.v1.KeyValueLimits\x12&\n\x05queue\x18\x06 \x01(\x0b\x32\x17.prism.v1.QueueSettings\x12\x30\n\ntimeseries\x18\x07 \x01(\x0b\x32\x1c.prism.v1.TimeSeriesSettings\x12*\n\x07\x63ounter\x18\x08 \x01(\x0b\x32\x19.prism.v1.CounterSettings*\x90\x01\n\x0b\x41\x62straction\x12\x1b\n\x17\x41\x42STRACTION_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41\x42STRACTION_KEYVALUE\x10\x01\x12\x15\n\x11\x41\x42STRACTION_QUEUE\x10\x02\x12\x1a\n\x16\x41\x42STRACTION_TIMESERIES\x10\x03\x12\x17\n\x13\x41\x42STRACTION_COUNTER\x10\x04*Z\n\nDurability\x12\x1a\n\x16\x44URABILITY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44URABILITY_EPHEMERAL\x10\x01\x12\x16\n\x12\x44URABILITY_DURABLE\x10\x02*~\n\x0b\x43onsistency\x12\x1b\n\x17\x43ONSISTENCY_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43ONSISTENCY_EVENTUAL\x10\x01\x12 \n\x1c\x43ONSISTENCY_READ_YOUR_WRITES\x10\x02\x12\x16\n\x12\x43ONSISTENCY_STRONG\x10\x03*a\n\x0b\x43ounterMode\x12\x1c\n\x18\x43OUNTER_MODE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43OUNTER_MODE_BEST_EFFORT\x10\x01\x12\x16\n\x12\x43OUNTER_MODE_EXACT\x10\x02\x32\xe7\x01\n\x0c\x41\x64minService\x12S\n\x0eListNamespaces\x12\x1f.prism.v1.ListNamespacesRequest\x1a .prism.v1.ListNamespacesResponse\x12\x38\n\x07GetPlan\x12\x18.prism.v1.GetPlanRequest\x1a\x13.prism.v1.Namespace\x12H\n\x0f\x43reateNamespace\x12 .prism.v1.CreateNamespaceRequest\x1a\x13.prism.v1.NamespaceB0\n\x0c\x64\x65v.prism.v1P\x01Z\x1eprism.dev/gen/prism/v1;prismv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,30 +33,36 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'prism.v1.admin_pb2', _globa
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\014dev.prism.v1P\001Z\036prism.dev/gen/prism/v1;prismv1'
-  _globals['_ABSTRACTION']._serialized_start=1801
-  _globals['_ABSTRACTION']._serialized_end=1892
-  _globals['_DURABILITY']._serialized_start=1894
-  _globals['_DURABILITY']._serialized_end=1984
-  _globals['_CONSISTENCY']._serialized_start=1986
-  _globals['_CONSISTENCY']._serialized_end=2112
+  _globals['_ABSTRACTION']._serialized_start=2573
+  _globals['_ABSTRACTION']._serialized_end=2717
+  _globals['_DURABILITY']._serialized_start=2719
+  _globals['_DURABILITY']._serialized_end=2809
+  _globals['_CONSISTENCY']._serialized_start=2811
+  _globals['_CONSISTENCY']._serialized_end=2937
+  _globals['_COUNTERMODE']._serialized_start=2939
+  _globals['_COUNTERMODE']._serialized_end=3036
   _globals['_NEEDS']._serialized_start=67
   _globals['_NEEDS']._serialized_end=284
   _globals['_KEYVALUELIMITS']._serialized_start=287
   _globals['_KEYVALUELIMITS']._serialized_end=558
   _globals['_QUEUESETTINGS']._serialized_start=561
   _globals['_QUEUESETTINGS']._serialized_end=848
-  _globals['_BACKENDTRAITS']._serialized_start=851
-  _globals['_BACKENDTRAITS']._serialized_end=1120
-  _globals['_NAMESPACE']._serialized_start=1123
-  _globals['_NAMESPACE']._serialized_end=1459
-  _globals['_LISTNAMESPACESREQUEST']._serialized_start=1461
-  _globals['_LISTNAMESPACESREQUEST']._serialized_end=1484
-  _globals['_LISTNAMESPACESRESPONSE']._serialized_start=1486
-  _globals['_LISTNAMESPACESRESPONSE']._serialized_end=1551
-  _globals['_GETPLANREQUEST']._serialized_start=1553
-  _globals['_GETPLANREQUEST']._serialized_end=1583
-  _globals['_CREATENAMESPACEREQUEST']._serialized_start=1586
-  _globals['_CREATENAMESPACEREQUEST']._serialized_end=1799
-  _globals['_ADMINSERVICE']._serialized_start=2115
-  _globals['_ADMINSERVICE']._serialized_end=2346
+  _globals['_TIMESERIESSETTINGS']._serialized_start=851
+  _globals['_TIMESERIESSETTINGS']._serialized_end=1218
+  _globals['_COUNTERSETTINGS']._serialized_start=1221
+  _globals['_COUNTERSETTINGS']._serialized_end=1356
+  _globals['_BACKENDTRAITS']._serialized_start=1359
+  _globals['_BACKENDTRAITS']._serialized_end=1703
+  _globals['_NAMESPACE']._serialized_start=1706
+  _globals['_NAMESPACE']._serialized_end=2136
+  _globals['_LISTNAMESPACESREQUEST']._serialized_start=2138
+  _globals['_LISTNAMESPACESREQUEST']._serialized_end=2161
+  _globals['_LISTNAMESPACESRESPONSE']._serialized_start=2163
+  _globals['_LISTNAMESPACESRESPONSE']._serialized_end=2228
+  _globals['_GETPLANREQUEST']._serialized_start=2230
+  _globals['_GETPLANREQUEST']._serialized_end=2260
+  _globals['_CREATENAMESPACEREQUEST']._serialized_start=2263
+  _globals['_CREATENAMESPACEREQUEST']._serialized_end=2570
+  _globals['_ADMINSERVICE']._serialized_start=3039
+  _globals['_ADMINSERVICE']._serialized_end=3270
 # @@protoc_insertion_point(module_scope)

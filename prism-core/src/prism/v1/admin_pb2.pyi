@@ -31,12 +31,16 @@ class _AbstractionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Abstracti
     ABSTRACTION_UNSPECIFIED: _Abstraction.ValueType  # 0
     ABSTRACTION_KEYVALUE: _Abstraction.ValueType  # 1
     ABSTRACTION_QUEUE: _Abstraction.ValueType  # 2
+    ABSTRACTION_TIMESERIES: _Abstraction.ValueType  # 3
+    ABSTRACTION_COUNTER: _Abstraction.ValueType  # 4
 
 class Abstraction(_Abstraction, metaclass=_AbstractionEnumTypeWrapper): ...
 
 ABSTRACTION_UNSPECIFIED: Abstraction.ValueType  # 0
 ABSTRACTION_KEYVALUE: Abstraction.ValueType  # 1
 ABSTRACTION_QUEUE: Abstraction.ValueType  # 2
+ABSTRACTION_TIMESERIES: Abstraction.ValueType  # 3
+ABSTRACTION_COUNTER: Abstraction.ValueType  # 4
 Global___Abstraction: _TypeAlias = Abstraction  # noqa: Y015
 
 class _Durability:
@@ -74,6 +78,26 @@ CONSISTENCY_EVENTUAL: Consistency.ValueType  # 1
 CONSISTENCY_READ_YOUR_WRITES: Consistency.ValueType  # 2
 CONSISTENCY_STRONG: Consistency.ValueType  # 3
 Global___Consistency: _TypeAlias = Consistency  # noqa: Y015
+
+class _CounterMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CounterModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CounterMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COUNTER_MODE_UNSPECIFIED: _CounterMode.ValueType  # 0
+    """In a request: the default, best_effort."""
+    COUNTER_MODE_BEST_EFFORT: _CounterMode.ValueType  # 1
+    COUNTER_MODE_EXACT: _CounterMode.ValueType  # 2
+
+class CounterMode(_CounterMode, metaclass=_CounterModeEnumTypeWrapper):
+    """What a retried counter write does (see counter.proto)."""
+
+COUNTER_MODE_UNSPECIFIED: CounterMode.ValueType  # 0
+"""In a request: the default, best_effort."""
+COUNTER_MODE_BEST_EFFORT: CounterMode.ValueType  # 1
+COUNTER_MODE_EXACT: CounterMode.ValueType  # 2
+Global___CounterMode: _TypeAlias = CounterMode  # noqa: Y015
 
 @_typing.final
 class Needs(_message.Message):
@@ -216,6 +240,105 @@ class QueueSettings(_message.Message):
 Global___QueueSettings: _TypeAlias = QueueSettings  # noqa: Y015
 
 @_typing.final
+class TimeSeriesSettings(_message.Message):
+    """A TimeSeries namespace's `timeseries:` settings (see
+    prism.config.TimeSeriesSettings). In a request, 0 or an unset duration means
+    the default; in a Namespace answer, every field is the value in force.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RETENTION_FIELD_NUMBER: _builtins.int
+    MAX_FUTURE_SKEW_FIELD_NUMBER: _builtins.int
+    BUCKET_FIELD_NUMBER: _builtins.int
+    MAX_PAYLOAD_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_TAGS_FIELD_NUMBER: _builtins.int
+    MAX_TAG_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_SERIES_NAME_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_EVENT_ID_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_EVENTS_PER_CALL_FIELD_NUMBER: _builtins.int
+    MAX_PAGE_EVENTS_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    max_payload_bytes: _builtins.int
+    """In an answer: the effective limit, capped by what the backend stores."""
+    max_tags: _builtins.int
+    max_tag_bytes: _builtins.int
+    max_series_name_bytes: _builtins.int
+    max_event_id_bytes: _builtins.int
+    max_events_per_call: _builtins.int
+    max_page_events: _builtins.int
+    page_size_bytes: _builtins.int
+    @_builtins.property
+    def retention(self) -> _duration_pb2.Duration:
+        """Events older than this (by event time) are never returned, and are purged."""
+
+    @_builtins.property
+    def max_future_skew(self) -> _duration_pb2.Duration:
+        """How far past the current time an event's time may lie."""
+
+    @_builtins.property
+    def bucket(self) -> _duration_pb2.Duration:
+        """The time partition of backends that bucket a series (Cassandra, DynamoDB);
+        fixed once events are written.
+        """
+
+    def __init__(
+        self,
+        *,
+        retention: _duration_pb2.Duration | None = ...,
+        max_future_skew: _duration_pb2.Duration | None = ...,
+        bucket: _duration_pb2.Duration | None = ...,
+        max_payload_bytes: _builtins.int = ...,
+        max_tags: _builtins.int = ...,
+        max_tag_bytes: _builtins.int = ...,
+        max_series_name_bytes: _builtins.int = ...,
+        max_event_id_bytes: _builtins.int = ...,
+        max_events_per_call: _builtins.int = ...,
+        max_page_events: _builtins.int = ...,
+        page_size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket", "max_future_skew", b"max_future_skew", "retention", b"retention"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bucket", b"bucket", "max_event_id_bytes", b"max_event_id_bytes", "max_events_per_call", b"max_events_per_call", "max_future_skew", b"max_future_skew", "max_page_events", b"max_page_events", "max_payload_bytes", b"max_payload_bytes", "max_series_name_bytes", b"max_series_name_bytes", "max_tag_bytes", b"max_tag_bytes", "max_tags", b"max_tags", "page_size_bytes", b"page_size_bytes", "retention", b"retention"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimeSeriesSettings: _TypeAlias = TimeSeriesSettings  # noqa: Y015
+
+@_typing.final
+class CounterSettings(_message.Message):
+    """A Counter namespace's `counter:` settings (see prism.config.CounterSettings).
+    In a request, unspecified, 0 or an unset duration means the default; in a
+    Namespace answer, every field is the value in force.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    TOKEN_WINDOW_FIELD_NUMBER: _builtins.int
+    MAX_COUNTER_NAME_BYTES_FIELD_NUMBER: _builtins.int
+    mode: Global___CounterMode.ValueType
+    max_counter_name_bytes: _builtins.int
+    @_builtins.property
+    def token_window(self) -> _duration_pb2.Duration:
+        """exact mode: how long a token is remembered; older tokens are refused."""
+
+    def __init__(
+        self,
+        *,
+        mode: Global___CounterMode.ValueType = ...,
+        token_window: _duration_pb2.Duration | None = ...,
+        max_counter_name_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["token_window", b"token_window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_counter_name_bytes", b"max_counter_name_bytes", "mode", b"mode", "token_window", b"token_window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CounterSettings: _TypeAlias = CounterSettings  # noqa: Y015
+
+@_typing.final
 class BackendTraits(_message.Message):
     """What the backend serving a namespace offers (its plugin's traits for the
     configured settings). 0 / unset: no limit, or not applicable to the
@@ -232,6 +355,8 @@ class BackendTraits(_message.Message):
     MAX_KEY_BYTES_FIELD_NUMBER: _builtins.int
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
     DURABILITY_NOTE_FIELD_NUMBER: _builtins.int
+    MAX_EVENT_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_RETENTION_FIELD_NUMBER: _builtins.int
     durability: Global___Durability.ValueType
     consistency: Global___Consistency.ValueType
     max_item_bytes: _builtins.int
@@ -242,8 +367,14 @@ class BackendTraits(_message.Message):
     max_message_bytes: _builtins.int
     """Queue: the largest message the backend stores."""
     durability_note: _builtins.str
+    max_event_bytes: _builtins.int
+    """TimeSeries: the largest event (payload, tags and id together) the backend stores."""
     @_builtins.property
     def max_ttl(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def max_retention(self) -> _duration_pb2.Duration:
+        """TimeSeries: the longest retention the backend keeps; unset: no limit."""
+
     def __init__(
         self,
         *,
@@ -255,10 +386,12 @@ class BackendTraits(_message.Message):
         max_key_bytes: _builtins.int = ...,
         max_message_bytes: _builtins.int = ...,
         durability_note: _builtins.str = ...,
+        max_event_bytes: _builtins.int = ...,
+        max_retention: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["max_ttl", b"max_ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["max_retention", b"max_retention", "max_ttl", b"max_ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency", "durability", b"durability", "durability_note", b"durability_note", "max_item_bytes", b"max_item_bytes", "max_key_bytes", b"max_key_bytes", "max_message_bytes", b"max_message_bytes", "max_ttl", b"max_ttl", "max_value_bytes", b"max_value_bytes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency", b"consistency", "durability", b"durability", "durability_note", b"durability_note", "max_event_bytes", b"max_event_bytes", "max_item_bytes", b"max_item_bytes", "max_key_bytes", b"max_key_bytes", "max_message_bytes", b"max_message_bytes", "max_retention", b"max_retention", "max_ttl", b"max_ttl", "max_value_bytes", b"max_value_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -280,6 +413,8 @@ class Namespace(_message.Message):
     TRAITS_FIELD_NUMBER: _builtins.int
     RUNTIME_FIELD_NUMBER: _builtins.int
     PINNED_BACKEND_FIELD_NUMBER: _builtins.int
+    TIMESERIES_FIELD_NUMBER: _builtins.int
+    COUNTER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     abstraction: Global___Abstraction.ValueType
     backend: _builtins.str
@@ -297,13 +432,18 @@ class Namespace(_message.Message):
     @_builtins.property
     def limits(self) -> Global___KeyValueLimits:
         """How it is served (set when it plans): the limits of a KeyValue namespace,
-        the settings of a Queue namespace, and the backend's traits.
+        the settings of a Queue, TimeSeries or Counter namespace, and the
+        backend's traits.
         """
 
     @_builtins.property
     def queue(self) -> Global___QueueSettings: ...
     @_builtins.property
     def traits(self) -> Global___BackendTraits: ...
+    @_builtins.property
+    def timeseries(self) -> Global___TimeSeriesSettings: ...
+    @_builtins.property
+    def counter(self) -> Global___CounterSettings: ...
     def __init__(
         self,
         *,
@@ -319,10 +459,12 @@ class Namespace(_message.Message):
         traits: Global___BackendTraits | None = ...,
         runtime: _builtins.bool = ...,
         pinned_backend: _builtins.str = ...,
+        timeseries: Global___TimeSeriesSettings | None = ...,
+        counter: Global___CounterSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "needs", b"needs", "queue", b"queue", "traits", b"traits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["counter", b"counter", "limits", b"limits", "needs", b"needs", "queue", b"queue", "timeseries", b"timeseries", "traits", b"traits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abstraction", b"abstraction", "backend", b"backend", "capabilities", b"capabilities", "limits", b"limits", "name", b"name", "needs", b"needs", "pinned_backend", b"pinned_backend", "plugin", b"plugin", "queue", b"queue", "reason", b"reason", "runtime", b"runtime", "traits", b"traits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abstraction", b"abstraction", "backend", b"backend", "capabilities", b"capabilities", "counter", b"counter", "limits", b"limits", "name", b"name", "needs", b"needs", "pinned_backend", b"pinned_backend", "plugin", b"plugin", "queue", b"queue", "reason", b"reason", "runtime", b"runtime", "timeseries", b"timeseries", "traits", b"traits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -392,6 +534,8 @@ class CreateNamespaceRequest(_message.Message):
     BACKEND_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     QUEUE_FIELD_NUMBER: _builtins.int
+    TIMESERIES_FIELD_NUMBER: _builtins.int
+    COUNTER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     abstraction: Global___Abstraction.ValueType
     backend: _builtins.str
@@ -406,6 +550,14 @@ class CreateNamespaceRequest(_message.Message):
     def queue(self) -> Global___QueueSettings:
         """Queue namespaces only."""
 
+    @_builtins.property
+    def timeseries(self) -> Global___TimeSeriesSettings:
+        """TimeSeries namespaces only."""
+
+    @_builtins.property
+    def counter(self) -> Global___CounterSettings:
+        """Counter namespaces only."""
+
     def __init__(
         self,
         *,
@@ -415,10 +567,12 @@ class CreateNamespaceRequest(_message.Message):
         backend: _builtins.str = ...,
         limits: Global___KeyValueLimits | None = ...,
         queue: Global___QueueSettings | None = ...,
+        timeseries: Global___TimeSeriesSettings | None = ...,
+        counter: Global___CounterSettings | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "needs", b"needs", "queue", b"queue"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["counter", b"counter", "limits", b"limits", "needs", b"needs", "queue", b"queue", "timeseries", b"timeseries"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abstraction", b"abstraction", "backend", b"backend", "limits", b"limits", "name", b"name", "needs", b"needs", "queue", b"queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abstraction", b"abstraction", "backend", b"backend", "counter", b"counter", "limits", b"limits", "name", b"name", "needs", b"needs", "queue", b"queue", "timeseries", b"timeseries"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
