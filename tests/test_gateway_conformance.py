@@ -1,4 +1,4 @@
-"""The KeyValue and Queue conformance suites through a running gateway.
+"""The KeyValue, Queue, TimeSeries and Counter conformance suites through a running gateway.
 
 A real ``prism serve`` subprocess serves SQLite and Redis backends and lets
 clients declare namespaces (``gateway.create_namespaces``); the suites then run
@@ -120,6 +120,39 @@ def redis_gateway(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> I
     yield from _serve(tmp, {"redis": {"plugin": "redis", "url": redis_url, "key_prefix": prefix}})
 
 
+@pytest.fixture(scope="module")
+def memory_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    yield from _serve(tmp_path_factory.mktemp("gateway-memory"), {"memory": {"plugin": "memory"}})
+
+
+@pytest.fixture(scope="module")
+def cassandra_gateway(tmp_path_factory: pytest.TempPathFactory, cassandra_contact: str) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("gateway-cassandra")
+    host, _, port = cassandra_contact.rpartition(":")
+    keyspace = f"prism_gwconf_{secrets.token_hex(4)}"
+    backend = {
+        "plugin": "cassandra",
+        "contact_points": [host],
+        "port": int(port),
+        "replication_factor": 1,
+        "keyspace": keyspace,
+    }
+    yield from _serve(tmp, {"cassandra": backend})
+
+
+@pytest.fixture(scope="module")
+def dynamodb_gateway(tmp_path_factory: pytest.TempPathFactory, dynamodb_url: str) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("gateway-dynamodb")
+    backend = {
+        "plugin": "dynamodb",
+        "endpoint_url": dynamodb_url,
+        "table_prefix": f"gw{secrets.token_hex(4)}_",
+        "aws_access_key_id": "test",
+        "aws_secret_access_key": "test",
+    }
+    yield from _serve(tmp, {"dynamodb": backend})
+
+
 def run_conformance(
     target: str, abstraction: str, backend: str, cwd: Path
 ) -> subprocess.CompletedProcess[str]:
@@ -169,7 +202,7 @@ def assert_all_pass(
     assert f"ran through the Prism gateway at {target}" in markdown
 
 
-@pytest.mark.parametrize("abstraction", ["keyvalue", "queue"])
+@pytest.mark.parametrize("abstraction", ["keyvalue", "queue", "timeseries", "counter"])
 def test_suite_passes_through_the_gateway_on_sqlite(
     sqlite_gateway: str, abstraction: str, tmp_path: Path
 ) -> None:
@@ -177,12 +210,24 @@ def test_suite_passes_through_the_gateway_on_sqlite(
     assert_all_pass(result, sqlite_gateway, abstraction, "sqlite", tmp_path)
 
 
-@pytest.mark.parametrize("abstraction", ["keyvalue", "queue"])
+@pytest.mark.parametrize("abstraction", ["keyvalue", "queue", "timeseries", "counter"])
 def test_suite_passes_through_the_gateway_on_redis(
     redis_gateway: str, abstraction: str, tmp_path: Path
 ) -> None:
     result = run_conformance(redis_gateway, abstraction, "redis", tmp_path)
     assert_all_pass(result, redis_gateway, abstraction, "redis", tmp_path)
+
+
+@pytest.mark.parametrize("abstraction", ["timeseries", "counter"])
+@pytest.mark.parametrize("backend", ["memory", "cassandra", "dynamodb"])
+def test_timeseries_and_counter_pass_through_the_gateway_on_every_other_backend(
+    request: pytest.FixtureRequest, backend: str, abstraction: str, tmp_path: Path
+) -> None:
+    """Issue 7 asks every TimeSeries and Counter backend to pass through the
+    gateway too; sqlite and redis are above, with KeyValue and Queue."""
+    target: str = request.getfixturevalue(f"{backend}_gateway")
+    result = run_conformance(target, abstraction, backend, tmp_path)
+    assert_all_pass(result, target, abstraction, backend, tmp_path)
 
 
 def test_a_gateway_that_refuses_run_time_namespaces_stops_the_run_with_one_clear_message(

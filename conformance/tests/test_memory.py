@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from prism_conformance import KeyValueSuite, QueueSuite
+from prism_conformance import CounterSuite, KeyValueSuite, QueueSuite, TimeSeriesSuite
 
 
 class TestMemory(KeyValueSuite):
@@ -18,4 +18,12 @@ class TestMemorySmallChunks(KeyValueSuite):
 
 
 class TestMemoryQueue(QueueSuite):
+    backend: ClassVar[dict[str, object]] = {"plugin": "memory"}
+
+
+class TestMemoryTimeSeries(TimeSeriesSuite):
+    backend: ClassVar[dict[str, object]] = {"plugin": "memory"}
+
+
+class TestMemoryCounter(CounterSuite):
     backend: ClassVar[dict[str, object]] = {"plugin": "memory"}

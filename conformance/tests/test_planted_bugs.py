@@ -24,7 +24,9 @@ from typing import Any
 import attrs
 import pytest
 from buggy_backends import CONTROLS, PLANTED_BUGS
+from buggy_counter_backends import COUNTER_CONTROLS, PLANTED_COUNTER_BUGS
 from buggy_queue_backends import PLANTED_QUEUE_BUGS, QUEUE_CONTROLS
+from buggy_timeseries_backends import PLANTED_TIMESERIES_BUGS, TIMESERIES_CONTROLS
 
 from prism_conformance import report
 
@@ -66,6 +68,35 @@ class TestPlanted(QueueSuite):
     delivery_deadline = timedelta(seconds=10)
     time_limit = 40.0
 '''
+
+
+GENERATED_TIMESERIES_MODULE = '''"""Generated: the TimeSeries suite against the planted variant {name!r}."""
+
+from buggy_timeseries_backends import plugin_set
+from prism_conformance import TimeSeriesSuite
+
+
+class TestPlanted(TimeSeriesSuite):
+    backend = {{"plugin": {name!r}}}
+    plugins = plugin_set({name!r})
+    time_limit = 40.0
+'''
+
+GENERATED_COUNTER_MODULE = '''"""Generated: the Counter suite against the planted variant {name!r}."""
+
+from buggy_counter_backends import plugin_set
+from prism_conformance import CounterSuite
+
+
+class TestPlanted(CounterSuite):
+    backend = {{"plugin": {name!r}}}
+    plugins = plugin_set({name!r})
+    time_limit = 40.0
+'''
+#: TimeSeries and Counter runs are short (the longest waits are a 2 s
+#: retention and a 3 s token window); a few at a time keep a shared two-core
+#: machine usable.
+PARALLEL_SMALL_RUNS = 6
 
 
 @attrs.frozen
@@ -244,3 +275,89 @@ def test_correct_queue_variants_pass_the_suite(name: str, queue_suite_runs: dict
             assert test["outcome"] == "pass", f"{name}: {test['name']}: {test['outcome']} {test['reason']}"
     not_emulated = set(report.NOT_EMULATED_BY_ABSTRACTION["queue"])
     assert run.suite["maturity"]["level"] == (3 if declared >= not_emulated else 2)
+
+
+# -- TimeSeries and Counter -------------------------------------------------------------
+
+
+def _run_pool(names: list[str], workdir: Path, template: str) -> dict[str, SuiteRun]:
+    with ThreadPoolExecutor(max_workers=PARALLEL_SMALL_RUNS) as pool:
+        runs = list(pool.map(lambda n: run_suite_against(n, workdir, template), names))
+    return dict(zip(names, runs, strict=True))
+
+
+@pytest.fixture(scope="module")
+def timeseries_suite_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SuiteRun]:
+    names = [*PLANTED_TIMESERIES_BUGS, *TIMESERIES_CONTROLS]
+    return _run_pool(names, tmp_path_factory.mktemp("planted-timeseries"), GENERATED_TIMESERIES_MODULE)
+
+
+@pytest.fixture(scope="module")
+def counter_suite_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SuiteRun]:
+    names = [*PLANTED_COUNTER_BUGS, *COUNTER_CONTROLS]
+    return _run_pool(names, tmp_path_factory.mktemp("planted-counter"), GENERATED_COUNTER_MODULE)
+
+
+def _assert_caught(name: str, run: SuiteRun, expected: tuple[str, ...], abstraction: str) -> None:
+    failed = run.with_outcome("fail")
+    assert failed, f"the {abstraction} suite passed against the planted bug {name!r}:\n{run.output[-3000:]}"
+    assert run.returncode == 1, f"{name}: pytest should report failures (exit 1), got {run.returncode}"
+    assert failed & set(expected), (
+        f"{name}: none of the tests meant to catch it failed ({sorted(expected)}); "
+        f"the failures were {sorted(failed)}"
+    )
+    assert run.suite["abstraction"] == abstraction
+    assert run.suite["maturity"]["level"] < 2, (
+        f"{name}: a backend with a planted bug reached maturity level 2"
+    )
+
+
+def _assert_passes(name: str, run: SuiteRun, declared: frozenset[str], abstraction: str) -> None:
+    assert run.with_outcome("fail") == set(), f"{name} is correct but failed:\n{run.output[-5000:]}"
+    assert run.with_outcome("opted_out") == set()
+    assert run.with_outcome("skipped") == run.with_outcome("not_run") == set()
+    assert run.returncode == 0, run.output[-3000:]
+    for test in run.suite["tests"]:
+        if test["category"] not in ("core", *declared):
+            assert test["outcome"] == "not_applicable", (
+                f"{name}: {test['name']} tests an undeclared capability"
+            )
+            assert "refusal verified" in test["reason"], test
+        else:
+            assert test["outcome"] == "pass", f"{name}: {test['name']}: {test['outcome']} {test['reason']}"
+    not_emulated = set(report.NOT_EMULATED_BY_ABSTRACTION[abstraction])
+    assert run.suite["maturity"]["level"] == (3 if declared >= not_emulated else 2)
+
+
+@pytest.mark.parametrize("name", sorted(PLANTED_TIMESERIES_BUGS))
+def test_the_timeseries_suite_catches_the_planted_bug(
+    name: str, timeseries_suite_runs: dict[str, SuiteRun]
+) -> None:
+    _assert_caught(name, timeseries_suite_runs[name], PLANTED_TIMESERIES_BUGS[name][2], "timeseries")
+
+
+@pytest.mark.parametrize("name", sorted(TIMESERIES_CONTROLS))
+def test_correct_timeseries_variants_pass_the_suite(
+    name: str, timeseries_suite_runs: dict[str, SuiteRun]
+) -> None:
+    _assert_passes(name, timeseries_suite_runs[name], TIMESERIES_CONTROLS[name][1], "timeseries")
+
+
+@pytest.mark.parametrize("name", sorted(PLANTED_COUNTER_BUGS))
+def test_the_counter_suite_catches_the_planted_bug(
+    name: str, counter_suite_runs: dict[str, SuiteRun]
+) -> None:
+    _assert_caught(name, counter_suite_runs[name], PLANTED_COUNTER_BUGS[name][2], "counter")
+
+
+@pytest.mark.parametrize("name", sorted(COUNTER_CONTROLS))
+def test_correct_counter_variants_pass_the_suite(name: str, counter_suite_runs: dict[str, SuiteRun]) -> None:
+    _assert_passes(name, counter_suite_runs[name], COUNTER_CONTROLS[name][1], "counter")
+
+
+def test_every_planted_timeseries_and_counter_bug_is_a_distinct_variant() -> None:
+    for planted in (PLANTED_TIMESERIES_BUGS, PLANTED_COUNTER_BUGS):
+        classes = [backend_class for backend_class, _, _ in planted.values()]
+        assert len(set(classes)) == len(classes)
+    assert len(PLANTED_TIMESERIES_BUGS) >= 8
+    assert len(PLANTED_COUNTER_BUGS) >= 8

@@ -9,13 +9,15 @@ mypy checks that a test uses nothing one of them lacks.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Protocol
+from typing import Literal, Protocol
 
 from prism.config import QueueLimits
 from prism.models import (
     Delivery,
+    Event,
+    EventsPage,
     IdempotencyToken,
     ItemsInput,
     ItemsPage,
@@ -116,6 +118,57 @@ class QueueHandle(Protocol):
     def nack(self, topic: str, group: str, ids: Iterable[DeliveryRef], *, requeue: bool = True) -> None: ...
 
     def consumer(self, topic: str, group: str) -> ConsumerHandle: ...
+
+
+class TimeSeriesHandle(Protocol):
+    """One TimeSeries namespace, synchronous: ``prism.TimeSeries`` embedded,
+    ``prism.remote.RemoteTimeSeries`` through a gateway."""
+
+    @property
+    def name(self) -> str: ...
+
+    def write_events(self, series: str, events: Sequence[Event]) -> None: ...
+
+    def read_events(
+        self,
+        series: str,
+        start: datetime,
+        end: datetime,
+        *,
+        order: Literal["asc", "desc"] = "asc",
+        limit: int | None = None,
+        page_token: str | None = None,
+    ) -> EventsPage: ...
+
+
+class CounterHandle(Protocol):
+    """One Counter namespace, synchronous: ``prism.Counter`` embedded,
+    ``prism.remote.RemoteCounter`` through a gateway."""
+
+    @property
+    def name(self) -> str: ...
+
+    def add(self, counter: str, delta: int = 1, *, token: IdempotencyToken | None = None) -> int | None: ...
+
+    def get(self, counter: str) -> int: ...
+
+    def clear(self, counter: str, *, token: IdempotencyToken | None = None) -> None: ...
+
+
+class AsyncCounterHandle(Protocol):
+    """One Counter namespace of :func:`prism.open_async`, for tests that
+    start many calls at once with ``asyncio.gather``."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def add(
+        self, counter: str, delta: int = 1, *, token: IdempotencyToken | None = None
+    ) -> int | None: ...
+
+    async def get(self, counter: str) -> int: ...
+
+    async def clear(self, counter: str, *, token: IdempotencyToken | None = None) -> None: ...
 
 
 class PrismHandle(Protocol):

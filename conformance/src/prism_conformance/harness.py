@@ -17,12 +17,13 @@ machine without the plugin installed, and proves the gateway transparent.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import attrs
 
@@ -40,9 +41,29 @@ from prism.models import (
 )
 from prism.planner import effective_max_value_bytes
 from prism.plugins.manager import PluginSet, load_plugins
-from prism.remote import RemoteConsumer, RemoteKeyValue, RemotePrism, RemoteQueue, ServedNamespace
+from prism.remote import (
+    AsyncRemotePrism,
+    RemoteConsumer,
+    RemoteCounter,
+    RemoteKeyValue,
+    RemotePrism,
+    RemoteQueue,
+    RemoteTimeSeries,
+    ServedNamespace,
+    connect_async,
+)
 from prism.spi import KeyValueTraits, QueueTraits
-from prism_conformance.handles import DeliveryRef, KeyValueHandle, PrismHandle, QueueHandle
+from prism_conformance.handles import (
+    AsyncCounterHandle,
+    CounterHandle,
+    DeliveryRef,
+    KeyValueHandle,
+    PrismHandle,
+    QueueHandle,
+    TimeSeriesHandle,
+)
+
+T = TypeVar("T")
 
 BACKEND_NAME = "under_test"
 
@@ -91,6 +112,25 @@ class OpenedQueues:
     queues: tuple[QueueHandle, ...]
 
 
+@attrs.frozen
+class OpenedTimeSeries:
+    """One open Prism and the fresh TimeSeries namespaces declared in it."""
+
+    db: PrismHandle
+    namespaces: tuple[TimeSeriesHandle, ...]
+
+
+@attrs.frozen
+class OpenedCounters:
+    """One open Prism and the fresh Counter namespaces declared in it."""
+
+    db: PrismHandle
+    namespaces: tuple[CounterHandle, ...]
+
+
+Opened = OpenedNamespaces | OpenedQueues | OpenedTimeSeries | OpenedCounters
+
+
 class Harness(Protocol):
     """What a suite needs from a harness, embedded or through a gateway."""
 
@@ -118,6 +158,29 @@ class Harness(Protocol):
         needs: Mapping[str, Any] | None = None,
     ) -> OpenedQueues: ...
 
+    def open_timeseries(
+        self,
+        count: int = 1,
+        *,
+        timeseries: Mapping[str, Any] | None = None,
+        needs: Mapping[str, Any] | None = None,
+    ) -> OpenedTimeSeries: ...
+
+    def open_counters(
+        self,
+        count: int = 1,
+        *,
+        counter: Mapping[str, Any] | None = None,
+        needs: Mapping[str, Any] | None = None,
+    ) -> OpenedCounters: ...
+
+    def run_with_async_counter(
+        self,
+        body: Callable[[AsyncCounterHandle], Awaitable[T]],
+        *,
+        counter: Mapping[str, Any] | None = None,
+    ) -> T: ...
+
     def backend_traits_of(self, kv: KeyValueHandle) -> KeyValueTraits: ...
 
     def max_value_bytes_of(self, kv: KeyValueHandle) -> int: ...
@@ -140,7 +203,7 @@ class NamespaceHarness:
         self.plugins = plugins
         self.abstraction = abstraction
         self.page_token_secret = secrets.token_hex(16)
-        self._opened: list[OpenedNamespaces | OpenedQueues] = []
+        self._opened: list[Opened] = []
 
     @property
     def plugin_name(self) -> str:
@@ -214,13 +277,89 @@ class NamespaceHarness:
         self._opened.append(opened)
         return opened
 
-    def _open_prism(self, names: list[str], body: Mapping[str, Any]) -> prism.Prism:
-        config = {
+    def open_timeseries(
+        self,
+        count: int = 1,
+        *,
+        timeseries: Mapping[str, Any] | None = None,
+        needs: Mapping[str, Any] | None = None,
+    ) -> OpenedTimeSeries:
+        """``count`` fresh TimeSeries namespaces in one Prism, with the
+        ``timeseries:`` settings given (as in ``prism.yaml``, e.g.
+        ``timeseries={"retention": "2s", "bucket": "1s"}``), pinned to the
+        backend under test."""
+        names = [unique_namespace_name() for _ in range(count)]
+        body = self._body("timeseries", timeseries, needs)
+        db = self._open_prism(names, body)
+        try:
+            handles = tuple(db.timeseries(name) for name in names)
+        except BaseException:
+            db.close()
+            raise
+        opened = OpenedTimeSeries(db, handles)
+        self._opened.append(opened)
+        return opened
+
+    def open_counters(
+        self,
+        count: int = 1,
+        *,
+        counter: Mapping[str, Any] | None = None,
+        needs: Mapping[str, Any] | None = None,
+    ) -> OpenedCounters:
+        """``count`` fresh Counter namespaces in one Prism, with the ``counter:``
+        settings given (e.g. ``counter={"mode": "exact", "token_window": "2s"}``),
+        pinned to the backend under test: a mode the backend does not declare
+        raises ``PlanError``."""
+        names = [unique_namespace_name() for _ in range(count)]
+        body = self._body("counter", counter, needs)
+        db = self._open_prism(names, body)
+        try:
+            handles = tuple(db.counter(name) for name in names)
+        except BaseException:
+            db.close()
+            raise
+        opened = OpenedCounters(db, handles)
+        self._opened.append(opened)
+        return opened
+
+    def run_with_async_counter(
+        self,
+        body: Callable[[AsyncCounterHandle], Awaitable[T]],
+        *,
+        counter: Mapping[str, Any] | None = None,
+    ) -> T:
+        """Run ``body`` on a fresh Counter namespace of a Prism opened with
+        :func:`prism.open_async`, on an event loop of its own, and close it."""
+        name = unique_namespace_name()
+        config = self._config([name], self._body("counter", counter, None))
+
+        async def run() -> T:
+            async with prism.open_async(config, plugins=self.plugins) as db:
+                return await body(db.counter(name))
+
+        return asyncio.run(run())
+
+    @staticmethod
+    def _body(
+        abstraction: str, settings: Mapping[str, Any] | None, needs: Mapping[str, Any] | None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"abstraction": abstraction, "backend": BACKEND_NAME}
+        if settings:
+            body[abstraction] = dict(settings)
+        if needs:
+            body["needs"] = dict(needs)
+        return body
+
+    def _config(self, names: list[str], body: Mapping[str, Any]) -> dict[str, Any]:
+        return {
             "backends": {BACKEND_NAME: dict(self.backend)},
             "namespaces": {name: dict(body) for name in names},
             "page_token_secret": self.page_token_secret,
         }
-        return prism.open(config, plugins=self.plugins)
+
+    def _open_prism(self, names: list[str], body: Mapping[str, Any]) -> prism.Prism:
+        return prism.open(self._config(names, body), plugins=self.plugins)
 
     def owner_of(self, kv: KeyValueHandle) -> OpenedNamespaces:
         """The Prism a namespace handle of this harness belongs to."""
@@ -292,6 +431,11 @@ class Gateway:
     def connect(self) -> RemotePrism:
         token = self.token or os.environ.get(self.token_env) or None
         return prism.connect(self.target, token=token, ca=self.ca, cert=self.cert, key=self.key)
+
+    def connect_async(self) -> AsyncRemotePrism:
+        """As :meth:`connect`, for async code (its calls run on the caller's loop)."""
+        token = self.token or os.environ.get(self.token_env) or None
+        return connect_async(self.target, token=token, ca=self.ca, cert=self.cert, key=self.key)
 
     def describe(self, plugin: str) -> dict[str, Any]:
         """The backend under test as the report shows it."""
@@ -431,6 +575,15 @@ class GatewayPrism:
         handle = self._queue[served.name] = GatewayQueue(self.remote.queue(served.name), served)
         return handle
 
+    def timeseries(self, namespace: str) -> RemoteTimeSeries:
+        """A TimeSeries namespace through the gateway (the remote client's
+        handle has every method a suite uses)."""
+        return self.remote.timeseries(namespace)
+
+    def counter(self, namespace: str) -> RemoteCounter:
+        """A Counter namespace through the gateway, as :meth:`timeseries`."""
+        return self.remote.counter(namespace)
+
     def keyvalue(self, namespace: str) -> GatewayKeyValue:
         handle = self._keyvalue.get(namespace)
         return handle if handle is not None else self.adopt_keyvalue(self.remote.namespace(namespace))
@@ -532,6 +685,47 @@ class GatewayHarness:
         db = self._connection()
         served = self._create("queue", count, queue=queue, needs=needs)
         return OpenedQueues(db, tuple(db.adopt_queue(s) for s in served))
+
+    def open_timeseries(
+        self,
+        count: int = 1,
+        *,
+        timeseries: Mapping[str, Any] | None = None,
+        needs: Mapping[str, Any] | None = None,
+    ) -> OpenedTimeSeries:
+        """``count`` fresh TimeSeries namespaces, as :meth:`open`."""
+        db = self._connection()
+        served = self._create("timeseries", count, timeseries=timeseries, needs=needs)
+        return OpenedTimeSeries(db, tuple(db.timeseries(s.name) for s in served))
+
+    def open_counters(
+        self,
+        count: int = 1,
+        *,
+        counter: Mapping[str, Any] | None = None,
+        needs: Mapping[str, Any] | None = None,
+    ) -> OpenedCounters:
+        """``count`` fresh Counter namespaces, as :meth:`open`: a mode the
+        backend does not declare raises ``PlanError``."""
+        db = self._connection()
+        served = self._create("counter", count, counter=counter, needs=needs)
+        return OpenedCounters(db, tuple(db.counter(s.name) for s in served))
+
+    def run_with_async_counter(
+        self,
+        body: Callable[[AsyncCounterHandle], Awaitable[T]],
+        *,
+        counter: Mapping[str, Any] | None = None,
+    ) -> T:
+        """Run ``body`` on a fresh Counter namespace through an async
+        connection of its own, on an event loop of its own, and close it."""
+        (served,) = self._create("counter", 1, counter=counter)
+
+        async def run() -> T:
+            async with self.gateway.connect_async() as db:
+                return await body(db.counter(served.name))
+
+        return asyncio.run(run())
 
     def _served(self, kv: KeyValueHandle) -> ServedNamespace:
         if not isinstance(kv, GatewayKeyValue):

@@ -18,6 +18,7 @@ import pytest
 
 from prism_conformance import guard
 from prism_conformance import report as rpt
+from prism_conformance.counter.suite import CounterSuite
 from prism_conformance.keyvalue.suite import KeyValueSuite
 from prism_conformance.marks import (
     NOT_APPLICABLE_KEY,
@@ -30,6 +31,7 @@ from prism_conformance.marks import (
 )
 from prism_conformance.queue.suite import QueueSuite
 from prism_conformance.suite_base import ConformanceSuiteBase
+from prism_conformance.timeseries.suite import TimeSeriesSuite
 
 _recorder_key = pytest.StashKey["ConformanceRecorder"]()
 _REASON_LENGTH = 400
@@ -59,7 +61,12 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 #: The suite class of each abstraction: what a suite of that abstraction must run.
-SUITES: dict[str, type[ConformanceSuiteBase]] = {"keyvalue": KeyValueSuite, "queue": QueueSuite}
+SUITES: dict[str, type[ConformanceSuiteBase]] = {
+    "keyvalue": KeyValueSuite,
+    "queue": QueueSuite,
+    "timeseries": TimeSeriesSuite,
+    "counter": CounterSuite,
+}
 
 
 def suite_names(abstraction: str) -> tuple[str, ...]:

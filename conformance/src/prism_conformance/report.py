@@ -30,7 +30,8 @@ Maturity levels
 3. **complete**: level 2, and the backend declares every capability of its
    abstraction that the core cannot emulate: ``kv.atomic_mutate`` and
    ``kv.scan`` for KeyValue, ``queue.ordered_by_key`` and ``queue.delay`` for
-   Queue.
+   Queue, ``counter.best_effort`` and ``counter.exact`` for Counter (none for
+   TimeSeries: the core emulates ``timeseries.native_retention``).
 
 Only ``pass`` and ``not_applicable`` count as passing; an opted-out, skipped
 or missing test holds a level back, so a level is never reached by leaving a
@@ -74,6 +75,9 @@ NOT_EMULATED: Final = (capabilities.KV_ATOMIC_MUTATE, capabilities.KV_SCAN)
 NOT_EMULATED_BY_ABSTRACTION: Final[Mapping[str, tuple[str, ...]]] = {
     "keyvalue": NOT_EMULATED,
     "queue": (capabilities.QUEUE_ORDERED_BY_KEY, capabilities.QUEUE_DELAY),
+    # Retention is emulated by the core (filter and purge) where it is not native.
+    "timeseries": (),
+    "counter": (capabilities.COUNTER_BEST_EFFORT, capabilities.COUNTER_EXACT),
 }
 
 
@@ -171,6 +175,14 @@ def capability_summary(suite: SuiteResult) -> dict[str, dict[str, Any]]:
                 else "not declared: the core filters and purges expired items; TTL is checked by the core TTL tests"
             )
             ok = True
+        elif capability == capabilities.TIMESERIES_NATIVE_RETENTION:
+            status = (
+                "declared: the datastore drops old events; retention is checked by the core retention tests"
+                if is_declared
+                else "not declared: the core filters and purges old events; retention is checked by the core "
+                "retention tests"
+            )
+            ok = True
         elif is_declared:
             ok = passing == len(tests)
             status = f"declared: {passing}/{len(tests)} tests pass"
@@ -262,7 +274,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "Maturity levels: 0 not conformant, 1 core (every core test passes, undeclared capabilities are "
         "refused), 2 declared (every declared capability's tests pass too), 3 complete (level 2 and "
         "every capability of the abstraction that the core cannot emulate is declared: kv.atomic_mutate "
-        "and kv.scan for KeyValue, queue.ordered_by_key and queue.delay for Queue).",
+        "and kv.scan for KeyValue, queue.ordered_by_key and queue.delay for Queue, counter.best_effort "
+        "and counter.exact for Counter; none for TimeSeries, whose retention the core emulates).",
         "",
         "## Summary",
         "",

@@ -39,13 +39,18 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
-ABSTRACTIONS = ("keyvalue", "queue")
+ABSTRACTIONS = ("keyvalue", "queue", "timeseries", "counter")
 MEMORY_PATH = ":memory:"
 
 #: Per abstraction: the suite class a generated module subclasses, and how
 #: messages name the abstraction.
-SUITE_CLASSES = {"keyvalue": "KeyValueSuite", "queue": "QueueSuite"}
-TITLES = {"keyvalue": "KeyValue", "queue": "Queue"}
+SUITE_CLASSES = {
+    "keyvalue": "KeyValueSuite",
+    "queue": "QueueSuite",
+    "timeseries": "TimeSeriesSuite",
+    "counter": "CounterSuite",
+}
+TITLES = {"keyvalue": "KeyValue", "queue": "Queue", "timeseries": "TimeSeries", "counter": "Counter"}
 
 
 class RunnerError(Exception):
@@ -252,8 +257,8 @@ def run(
     cert: str | None = None,
     key: str | None = None,
 ) -> int:
-    """Run the conformance suite of ``abstraction`` (``"keyvalue"`` or
-    ``"queue"``) against ``backend``.
+    """Run the conformance suite of ``abstraction`` (``"keyvalue"``,
+    ``"queue"``, ``"timeseries"`` or ``"counter"``) against ``backend``.
 
     :param backend: a backend named in the configuration, or an installed plugin's name.
     :param config_path: ``prism.yaml`` to read; None reads ``./prism.yaml`` if present.
