@@ -10,7 +10,8 @@ Install the distribution and name ``plugin: dynamodb`` under ``backends:`` in
 from __future__ import annotations
 
 from prism_dynamodb.counter import COUNTER, DynamoCounter
-from prism_dynamodb.keyvalue import KEYVALUE, DynamoKeyValue, DynamoSettings
+from prism_dynamodb.keyvalue import KEYVALUE, DynamoKeyValue
+from prism_dynamodb.service import DynamoSettings
 from prism_dynamodb.timeseries import TIMESERIES, DynamoTimeSeries
 
 __all__ = [

@@ -41,8 +41,13 @@ from prism.spi import (
     CounterToken,
     CounterTraits,
 )
-from prism_dynamodb.keyvalue import MAX_SORT_KEY_BYTES, DynamoSettings, _error_code, batch_write_with_retry
-from prism_dynamodb.timeseries import MAX_PARTITION_KEY_BYTES, DynamoService
+from prism_dynamodb.service import (
+    MAX_PARTITION_KEY_BYTES,
+    MAX_SORT_KEY_BYTES,
+    DynamoService,
+    DynamoSettings,
+    _error_code,
+)
 
 if TYPE_CHECKING:
     from prism.config import NamespaceConfig
@@ -228,32 +233,17 @@ class DynamoCounter(DynamoService):
         before ``now_us`` (DynamoDB's TTL would too, but only days late); return
         how many. Their tokens are refused by the core long before."""
         cutoff = max(0, now_us - ns.token_keep_us)
-        keys: list[dict[str, Any]] = []
-        start_key: dict[str, Any] | None = None
-        while True:
-            params: dict[str, Any] = {
-                "TableName": ns.table,
-                "KeyConditionExpression": "pk = :p AND sk BETWEEN :lo AND :hi",
-                "ExpressionAttributeValues": {
-                    ":p": {"S": counter},
-                    ":lo": {"S": _TOKEN_PREFIX},
-                    # "t|<cutoff>" sorts after every token generated before the
-                    # cut-off and before those at or after it.
-                    ":hi": {"S": f"{_TOKEN_PREFIX}{cutoff:020d}"},
-                },
-                "ProjectionExpression": "pk, sk",
-                "ConsistentRead": True,
-            }
-            if start_key is not None:
-                params["ExclusiveStartKey"] = start_key
-            response = self._client.query(**params)
-            keys.extend({"pk": raw["pk"], "sk": raw["sk"]} for raw in response.get("Items", []))
-            start_key = response.get("LastEvaluatedKey")
-            if not start_key:
-                break
-        if keys:
-            batch_write_with_retry(self._client, ns.table, [{"DeleteRequest": {"Key": key}} for key in keys])
-        return len(keys)
+        return self._delete_queried(
+            ns.table,
+            "pk = :p AND sk BETWEEN :lo AND :hi",
+            {
+                ":p": {"S": counter},
+                ":lo": {"S": _TOKEN_PREFIX},
+                # "t|<cutoff>" sorts after every token generated before the
+                # cut-off and before those at or after it.
+                ":hi": {"S": f"{_TOKEN_PREFIX}{cutoff:020d}"},
+            },
+        )
 
     def _check_token(self, namespace: str, counter: str, token: CounterToken) -> None:
         size = len(_token_sk(token).encode("utf-8"))

@@ -24,27 +24,21 @@ the core filters and purges.
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import struct
-import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
-import boto3  # type: ignore[import-untyped]
-import botocore.config  # type: ignore[import-untyped]
 import botocore.exceptions  # type: ignore[import-untyped]
 
 from prism.errors import BackendError, InvalidArgument
-from prism.log import get_logger
 from prism.spi import EventQuery, StoredEvent, TimeSeriesBackendType, TimeSeriesTraits
-from prism_dynamodb.keyvalue import (
-    _TABLE_NAME,
-    _TTL_ON,
+from prism_dynamodb.service import (
     DYNAMODB_ITEM_LIMIT,
+    MAX_PARTITION_KEY_BYTES,
     MAX_SORT_KEY_BYTES,
+    DynamoService,
     DynamoSettings,
+    KiB,
     _error_code,
     _ttl_seconds,
     batch_write_with_retry,
@@ -53,12 +47,6 @@ from prism_dynamodb.keyvalue import (
 if TYPE_CHECKING:
     from prism.config import NamespaceConfig
 
-_T = TypeVar("_T")
-
-KiB = 1024
-
-#: DynamoDB's limit on a partition key.
-MAX_PARTITION_KEY_BYTES = 2048
 #: The time prefix of an event's sort key.
 _TIME_BYTES = 8
 _TIME_OFFSET = 2**63
@@ -73,8 +61,6 @@ MAX_EVENT_BYTES = DYNAMODB_ITEM_LIMIT - _EVENT_OVERHEAD
 
 _META_PK = "meta"
 _SERIES_PREFIX = "s|"
-
-_log = get_logger(__name__)
 
 
 def _time_key(time_us: int) -> bytes:
@@ -147,159 +133,6 @@ def _event_from_ddb(raw: dict[str, Any]) -> StoredEvent:
         tags=_decode_tags(bytes(raw["tg"]["B"])) if "tg" in raw else (),
         expires_at_us=int(raw["x"]["N"]),
     )
-
-
-class DynamoService:
-    """What the TimeSeries and Counter backends share: one boto3 client, a pool
-    of worker threads that every blocking call runs on, table creation and TTL.
-    (The same plumbing as :class:`prism_dynamodb.keyvalue.DynamoKeyValue`.)"""
-
-    def __init__(self, name: str, settings: DynamoSettings) -> None:
-        self.name = name
-        self.settings = settings
-        self.endpoint = settings.endpoint_url or f"AWS DynamoDB in {settings.region}"
-        self._client: Any = None
-        self._executor: ThreadPoolExecutor | None = None
-
-    def _table(self, namespace: str, suffix: str) -> str:
-        table = f"{self.settings.table_prefix}{namespace}{suffix}"
-        if not _TABLE_NAME.fullmatch(table):
-            raise BackendError(
-                f"dynamodb backend {self.name!r}: table name {table!r} is not valid "
-                f"(3-255 characters of letters, digits, '_', '.', '-'); change table_prefix"
-            )
-        return table
-
-    def _error(self, what: str, exc: BaseException) -> BackendError:
-        return BackendError(f"dynamodb backend {self.name!r} at {self.endpoint}: {what} failed: {exc}")
-
-    def _guarded(self, what: str, fn: Callable[..., _T], *args: Any) -> _T:
-        try:
-            return fn(*args)
-        except (BackendError, InvalidArgument):
-            raise
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            raise self._error(what, exc) from exc
-
-    async def _run(self, what: str, fn: Callable[..., _T], *args: Any) -> _T:
-        executor = self._executor
-        if executor is None or self._client is None:
-            raise BackendError(f"dynamodb backend {self.name!r} is not started, or already closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(executor, functools.partial(self._guarded, what, fn, *args))
-
-    async def start(self) -> None:
-        if self._executor is not None:
-            return
-        self._executor = ThreadPoolExecutor(
-            max_workers=self.settings.max_connections, thread_name_prefix=f"prism-dynamodb-{self.name}"
-        )
-        try:
-            loop = asyncio.get_running_loop()
-            self._client = await loop.run_in_executor(
-                self._executor, functools.partial(self._guarded, "creating the client", self._make_client)
-            )
-            await self._run("connecting (ListTables)", self._probe)
-        except BaseException:
-            client, self._client = self._client, None
-            if client is not None:
-                client.close()
-            self._executor.shutdown(wait=False)
-            self._executor = None
-            raise
-
-    def _make_client(self) -> Any:
-        s = self.settings
-        config = botocore.config.Config(
-            connect_timeout=s.connect_timeout.total_seconds(),
-            read_timeout=s.read_timeout.total_seconds(),
-            retries={"max_attempts": s.max_attempts, "mode": "standard"},
-            max_pool_connections=s.max_connections,
-        )
-        session = boto3.session.Session(
-            aws_access_key_id=s.aws_access_key_id,
-            aws_secret_access_key=s.aws_secret_access_key,
-            region_name=s.region,
-        )
-        try:
-            return session.client("dynamodb", endpoint_url=s.endpoint_url, config=config)
-        except ValueError as exc:  # botocore's word for a malformed endpoint_url
-            raise self._error("creating the client", exc) from exc
-
-    def _probe(self) -> None:
-        try:
-            self._client.list_tables(Limit=1)
-        except botocore.exceptions.ClientError as exc:
-            if _error_code(exc) not in {"AccessDeniedException", "UnauthorizedOperation"}:
-                raise
-
-    async def close(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        await asyncio.to_thread(executor.shutdown, wait=True)
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
-
-    def _ensure_tables(self, tables: Sequence[tuple[str, str | None]], ttl: Sequence[str]) -> None:
-        """Create each ``(table, sort key type or None)`` unless it exists, wait
-        until all are ACTIVE, and enable TTL on ``exp`` for the ``ttl`` tables."""
-        for table, sort_type in tables:
-            self._create_table(table, sort_type)
-        deadline = time.monotonic() + self.settings.provision_timeout.total_seconds()
-        for table, _ in tables:
-            left = max(1, int(deadline - time.monotonic()))
-            try:
-                self._client.get_waiter("table_exists").wait(
-                    TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": left}
-                )
-            except botocore.exceptions.WaiterError as exc:
-                raise BackendError(
-                    f"dynamodb backend {self.name!r} at {self.endpoint}: table {table!r} did not become "
-                    f"ACTIVE within provision_timeout ({self.settings.provision_timeout}): {exc}"
-                ) from exc
-        for table in ttl:
-            self._enable_ttl(table)
-
-    def _create_table(self, table: str, sort_type: str | None) -> None:
-        definitions = [{"AttributeName": "pk", "AttributeType": "S"}]
-        schema = [{"AttributeName": "pk", "KeyType": "HASH"}]
-        if sort_type is not None:
-            definitions.append({"AttributeName": "sk", "AttributeType": sort_type})
-            schema.append({"AttributeName": "sk", "KeyType": "RANGE"})
-        params: dict[str, Any] = {
-            "TableName": table,
-            "AttributeDefinitions": definitions,
-            "KeySchema": schema,
-            "BillingMode": self.settings.billing_mode,
-        }
-        if self.settings.billing_mode == "PROVISIONED":
-            params["ProvisionedThroughput"] = {
-                "ReadCapacityUnits": self.settings.read_capacity,
-                "WriteCapacityUnits": self.settings.write_capacity,
-            }
-        try:
-            self._client.create_table(**params)
-            _log.info("dynamodb_table_created", backend=self.name, table=table)
-        except botocore.exceptions.ClientError as exc:
-            if _error_code(exc) != "ResourceInUseException":
-                raise
-
-    def _ttl_status(self, table: str) -> str:
-        described = self._client.describe_time_to_live(TableName=table)
-        return str(described.get("TimeToLiveDescription", {}).get("TimeToLiveStatus", "DISABLED"))
-
-    def _enable_ttl(self, table: str) -> None:
-        if self._ttl_status(table) in _TTL_ON:
-            return
-        try:
-            self._client.update_time_to_live(
-                TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "exp"}
-            )
-        except botocore.exceptions.ClientError as exc:
-            if _error_code(exc) != "ValidationException" or self._ttl_status(table) not in _TTL_ON:
-                raise
 
 
 class DynamoTimeSeries(DynamoService):
@@ -658,25 +491,7 @@ class DynamoTimeSeries(DynamoService):
         if high is not None:
             condition += " AND sk < :hi"
             values[":hi"] = {"B": high}
-        keys: list[dict[str, Any]] = []
-        start_key: dict[str, Any] | None = None
-        while True:
-            params: dict[str, Any] = {
-                "TableName": events,
-                "KeyConditionExpression": condition,
-                "ExpressionAttributeValues": values,
-                "ProjectionExpression": "pk, sk",
-                "ConsistentRead": True,
-            }
-            if start_key is not None:
-                params["ExclusiveStartKey"] = start_key
-            response = self._client.query(**params)
-            keys.extend({"pk": raw["pk"], "sk": raw["sk"]} for raw in response.get("Items", []))
-            start_key = response.get("LastEvaluatedKey")
-            if not start_key:
-                break
-        if keys:
-            batch_write_with_retry(self._client, events, [{"DeleteRequest": {"Key": key}} for key in keys])
+        self._delete_queried(events, condition, values)
 
 
 def _traits(settings: DynamoSettings) -> TimeSeriesTraits:
