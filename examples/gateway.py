@@ -2,7 +2,8 @@
 
 What ``./dev -s demo`` runs: ``prism serve`` with no configuration (SQLite in
 ./prism-data/, any namespace created on first use), then a client that
-writes, reads, publishes and consumes through it with ``prism.connect``. The
+writes, reads, publishes, consumes, records events and counts through it with
+``prism.connect``. The
 gateway then keeps serving until Ctrl-C, so you can try it yourself with
 ``grpcurl`` or ``prism.connect``; ``--once`` stops it after the demo.
 
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import prism
 
@@ -76,6 +78,18 @@ def demo(target: str) -> None:
             for delivery in worker.consume(max_messages=10, wait=1):
                 print("consumed   ->", delivery.id, delivery.attempt, delivery.payload)
                 worker.ack([delivery])
+
+        metrics = db.timeseries("metrics")
+        now = datetime.now(UTC)
+        metrics.write_events(
+            "cpu:host1", [prism.Event(now - timedelta(seconds=s), f"s{s}", b"0.4") for s in range(3)]
+        )
+        page = metrics.read_events("cpu:host1", now - timedelta(minutes=1), now + timedelta(seconds=1))
+        print("events     ->", [e.event_id for e in page.events])
+
+        views = db.counter("page_views")
+        views.add("home")
+        print("counted    ->", views.add("home", 2))
 
 
 def main() -> int:

@@ -55,8 +55,20 @@ def test_examples_gateway_starts_the_gateway_and_calls_it(tmp_path: Path) -> Non
     assert "get user:1 -> {b'lang': b'en', b'name': b'Ada Lovelace'}" in result.stdout
     assert "scan       -> ['user:1', 'user:2']" in result.stdout
     assert "consumed   -> " in result.stdout
+    assert "events     -> ['s2', 's1', 's0']" in result.stdout
+    assert "counted    -> 3" in result.stdout
     assert "The gateway drained and exited with status 0" in result.stdout
     # The calls went through the gateway: its access log shows each one.
-    for method in ("PutItems", "GetItems", "Scan", "Publish", "Consume", "Ack"):
+    for method in (
+        "PutItems",
+        "GetItems",
+        "Scan",
+        "Publish",
+        "Consume",
+        "Ack",
+        "WriteEvents",
+        "ReadEvents",
+        "Add",
+    ):
         assert f'"method": "{method}"' in result.stderr
     assert (tmp_path / "prism-data" / "prism.db").exists()  # the embedded SQLite default
