@@ -31,7 +31,7 @@ class Group:
 
 
 def _groups() -> list[Group]:
-    from benchmarks import gateway, kv_embedded, queue_embedded, queue_kafka
+    from benchmarks import gateway, kv_embedded, queue_embedded, queue_kafka, ts_counter
 
     return [
         Group("keyvalue embedded sqlite", (), lambda s, p, sv: kv_embedded.run_sqlite(s, p)),
@@ -90,6 +90,17 @@ def _groups() -> list[Group]:
             lambda s, p, sv: queue_embedded.run_round_trip_redis(s, p, sv.redis_url or ""),
         ),
         Group("queue publish-to-ack sqlite", (), lambda s, p, sv: queue_embedded.run_round_trip_sqlite(s, p)),
+        Group("ts-counter sqlite embedded", (), lambda s, p, sv: ts_counter.run_sqlite(s, p)),
+        Group(
+            "ts-counter redis embedded",
+            ("redis",),
+            lambda s, p, sv: ts_counter.run_redis(s, p, sv.redis_url or ""),
+        ),
+        Group(
+            "ts-counter redis gateway",
+            ("redis",),
+            lambda s, p, sv: ts_counter.run_gateway_redis(s, p, sv.redis_url or ""),
+        ),
     ]
 
 
