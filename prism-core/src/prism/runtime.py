@@ -293,10 +293,17 @@ class Runtime:
         traits = backend_type.traits(settings)
         backend = self._instance(self._backends, chosen, backend_type.create)
 
+        ready = False
+
         async def ensure_ready() -> None:
+            # Once started and provisioned, every later call is a flag check.
+            nonlocal ready
+            if ready:
+                return
             await self._ensure_ready(
                 "keyvalue", chosen.backend, backend, name, lambda: backend.provision(name)
             )
+            ready = True
 
         self._readiness[("keyvalue", name)] = ensure_ready
 
@@ -327,10 +334,17 @@ class Runtime:
         traits = backend_type.traits(settings)
         backend = self._instance(self._queue_backends, chosen, backend_type.create)
 
+        ready = False
+
         async def ensure_ready() -> None:
+            # Once started and provisioned, every later call is a flag check.
+            nonlocal ready
+            if ready:
+                return
             await self._ensure_ready(
                 "queue", chosen.backend, backend, name, lambda: backend.provision(name, ns)
             )
+            ready = True
 
         self._readiness[("queue", name)] = ensure_ready
 
