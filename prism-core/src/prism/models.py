@@ -15,6 +15,8 @@ import attrs
 
 
 def _to_bytes(value: bytes | bytearray | memoryview | str) -> bytes:
+    if type(value) is bytes:
+        return value  # the common case; bytes(value) would return this same object
     if isinstance(value, str):
         return value.encode("utf-8")
     if isinstance(value, bytes | bytearray | memoryview):

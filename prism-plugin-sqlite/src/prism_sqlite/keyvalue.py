@@ -150,9 +150,10 @@ def _quote(identifier: str) -> str:
 
 def _row_to_item(row: tuple[Any, ...]) -> StoredItem:
     key, value, ver_us, ver_nonce, expires_at_us, tombstone, chunk_count, chunk_set, value_size = row
+    # sqlite3 returns BLOB columns as bytes: no copy needed.
     return StoredItem(
-        key=bytes(key),
-        value=bytes(value),
+        key=key,
+        value=value,
         version=Version(ver_us, ver_nonce),
         expires_at_us=expires_at_us,
         tombstone=bool(tombstone),
@@ -163,12 +164,13 @@ def _row_to_item(row: tuple[Any, ...]) -> StoredItem:
 
 
 def _item_params(record_id: str, item: StoredItem) -> tuple[object, ...]:
-    # bytes() because SQLite orders every TEXT before every BLOB: a key bound as
-    # anything but a BLOB would compare wrongly.
+    # Key and value are bytes (the core copies them to bytes once, where they
+    # enter the API), which sqlite3 binds as BLOBs. They must be: SQLite orders
+    # every TEXT before every BLOB, so a key bound as TEXT would compare wrongly.
     return (
         record_id,
-        bytes(item.key),
-        bytes(item.value),
+        item.key,
+        item.value,
         item.version.micros,
         item.version.nonce,
         item.expires_at_us,
@@ -217,7 +219,7 @@ class SqliteKeyValue(SqliteConnection):
             return []
         sql = self._sql(namespace)
         params = [_item_params(record_id, item) for item in items]
-        keys = sorted({bytes(item.key) for item in items})
+        keys = sorted({item.key for item in items})
         batches = [keys[i : i + _KEYS_PER_STATEMENT] for i in range(0, len(keys), _KEYS_PER_STATEMENT)]
 
         def upsert(conn: sqlite3.Connection) -> list[StoredItem]:
@@ -237,12 +239,12 @@ class SqliteKeyValue(SqliteConnection):
                 # rowcount is 0 when the upsert's WHERE kept the stored row.
                 if conn.execute(sql.upsert, row_params).rowcount != 1:
                     continue
-                previous = chunked.pop(bytes(item.key), None)
+                previous = chunked.pop(item.key, None)
                 if previous is not None:
                     replaced.append(previous)
                 if item.chunk_count > 0:
                     # A later row for the same key in this call replaces this one.
-                    chunked[bytes(item.key)] = item
+                    chunked[item.key] = item
             return replaced
 
         return await self._write(upsert)
@@ -273,7 +275,7 @@ class SqliteKeyValue(SqliteConnection):
         # Bounds are applied here, so SQL only looks the keys up. Sorted and
         # deduplicated in bytes order, which is SQLite's BLOB order, so the
         # batches come back already in key order, one after the other.
-        keys = sorted({bytes(key) for key in query.keys if query.matches(bytes(key))})
+        keys = sorted({key for key in query.keys if query.matches(key)})
         if not keys:
             return []
         batches = [keys[i : i + _KEYS_PER_STATEMENT] for i in range(0, len(keys), _KEYS_PER_STATEMENT)]

@@ -15,7 +15,7 @@ import os
 import struct
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeAlias
 
 import attrs
 
@@ -68,11 +68,8 @@ class _Clock:
 _clock = _Clock()
 
 
-@attrs.frozen
-class _PendingPut:
-    key: bytes
-    value: bytes
-    ttl: timedelta | None
+#: A write's item before its row: key, value, ttl.
+_PendingPut: TypeAlias = tuple[bytes, bytes, timedelta | None]
 
 
 def _encode_key(key: bytes) -> str:
@@ -286,13 +283,16 @@ class AsyncKeyValue:
     # -- writing --------------------------------------------------------------------
 
     def _normalise_items(self, record_id: str, items: ItemsInput) -> list[_PendingPut]:
+        pending = self._valid_items(items)
+        if pending is not None:
+            return pending
+        # The general path: any input, and the first problem reported.
+        pending = []
         if isinstance(items, Mapping):
-            pending = []
             for key, value in items.items():
                 item = Item(key, value)
-                pending.append(_PendingPut(item.key, item.value, None))
+                pending.append((item.key, item.value, None))
         else:
-            pending = []
             for entry in items:
                 if not isinstance(entry, Item | Put):
                     raise InvalidArgument(
@@ -300,21 +300,70 @@ class AsyncKeyValue:
                         namespace=self.name,
                         field="items",
                     )
-                pending.append(_PendingPut(entry.key, entry.value, entry.ttl))
+                pending.append((entry.key, entry.value, entry.ttl))
         self._check_count(len(pending), "items")
         seen: set[bytes] = set()
-        for put in pending:
-            self._check_key(put.key, record_id)
-            if put.key in seen:
+        for key, value, ttl in pending:
+            self._check_key(key, record_id)
+            if key in seen:
                 raise InvalidArgument(
-                    f"record {record_id!r}: key {put.key!r} appears twice in one call; send each key once",
+                    f"record {record_id!r}: key {key!r} appears twice in one call; send each key once",
                     namespace=self.name,
                     field="items",
                 )
-            seen.add(put.key)
-            self._check_value(put.key, put.value, record_id)
-            self._check_ttl(put.ttl, put.key)
+            seen.add(key)
+            self._check_value(key, value, record_id)
+            self._check_ttl(ttl, key)
         return pending
+
+    def _valid_items(self, items: ItemsInput) -> list[_PendingPut] | None:
+        """The fast path of :meth:`_normalise_items`: a dict of ``bytes`` to
+        ``bytes``, or a list or tuple of :class:`Item`/:class:`Put`, taken as
+        they are when every check passes. None when anything is off (another
+        input type, or any check failing): the general path then runs from the
+        start, so errors and their order are exactly its own. Never consumes
+        an iterator (only dicts, lists and tuples are read)."""
+        max_key = self.max_key_bytes
+        max_value = self.max_value_bytes
+        limit = self._limits.max_items_per_call
+        pending: list[_PendingPut] = []
+        append = pending.append
+        if type(items) is dict:
+            if len(items) > limit:
+                return None
+            # A dict's keys are distinct, and distinct bytes stay distinct.
+            for key, value in items.items():
+                if type(key) is not bytes or type(value) is not bytes:
+                    return None
+                if not key or len(key) > max_key or len(value) > max_value:
+                    return None
+                append((key, value, None))
+            return pending
+        if type(items) is not list and type(items) is not tuple:
+            return None
+        if len(items) > limit:
+            return None
+        seen: set[bytes] = set()
+        for entry in items:
+            kind = type(entry)
+            if kind is not Item and kind is not Put:
+                return None
+            # The attrs converters made key and value bytes already.
+            key, value, ttl = entry.key, entry.value, entry.ttl
+            if not key or len(key) > max_key or len(value) > max_value or key in seen:
+                return None
+            if ttl is not None and not self._ttl_ok(ttl):
+                return None
+            seen.add(key)
+            append((key, value, ttl))
+        return pending
+
+    def _ttl_ok(self, ttl: object) -> bool:
+        return (
+            isinstance(ttl, timedelta)
+            and ttl > timedelta(0)
+            and (self.traits.max_ttl is None or ttl <= self.traits.max_ttl)
+        )
 
     async def _rows_for_puts(
         self, record_id: str, puts: Sequence[_PendingPut], version: Version, now_us: int
@@ -324,22 +373,24 @@ class AsyncKeyValue:
         rows: list[StoredItem] = []
         chunked: list[StoredItem] = []
         limit = self.traits.max_item_bytes
-        for put in puts:
-            expires = self._expiry(put.ttl, now_us)
-            if len(put.value) <= limit:
-                rows.append(StoredItem(put.key, put.value, version, expires, value_size=len(put.value)))
+        default_expires = self._expiry(None, now_us)
+        for key, value, ttl in puts:
+            expires = default_expires if ttl is None else self._expiry(ttl, now_us)
+            size = len(value)
+            if size <= limit:
+                rows.append(StoredItem(key, value, version, expires, value_size=size))
                 continue
             chunk_set = os.urandom(12).hex()
-            chunks = [put.value[i : i + limit] for i in range(0, len(put.value), limit)]
-            await self._backend.write_chunks(self.name, record_id, put.key, chunk_set, chunks, expires)
+            chunks = [value[i : i + limit] for i in range(0, size, limit)]
+            await self._backend.write_chunks(self.name, record_id, key, chunk_set, chunks, expires)
             row = StoredItem(
-                put.key,
+                key,
                 b"",
                 version,
                 expires,
                 chunk_count=len(chunks),
                 chunk_set=chunk_set,
-                value_size=len(put.value),
+                value_size=size,
             )
             rows.append(row)
             chunked.append(row)
@@ -480,7 +531,7 @@ class AsyncKeyValue:
             if isinstance(mutation, Put):
                 self._check_value(mutation.key, mutation.value, record_id)
                 self._check_ttl(mutation.ttl, mutation.key)
-                puts.append(_PendingPut(mutation.key, mutation.value, mutation.ttl))
+                puts.append((mutation.key, mutation.value, mutation.ttl))
             else:
                 deletes.append(mutation.key)
         version = self._version(token)
