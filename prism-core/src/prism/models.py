@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import attrs
@@ -89,6 +89,34 @@ class Item:
     value: bytes = attrs.field(converter=_to_bytes, repr=lambda v: f"<{len(v)} bytes>")
     ttl: timedelta | None = None
     expires_at: datetime | None = None
+
+
+def _item_maker() -> Callable[[bytes, bytes, timedelta | None, datetime | None], Item]:
+    # Item is slotted (attrs.frozen): setting its slots directly skips the
+    # converters. Checked here, so a field added to Item falls back to __init__
+    # instead of leaving a slot unset.
+    if tuple(a.name for a in attrs.fields(Item)) != ("key", "value", "ttl", "expires_at"):
+        return lambda key, value, ttl, expires_at: Item(key, value, ttl=ttl, expires_at=expires_at)
+    new = object.__new__
+    set_key, set_value, set_ttl, set_expires = (
+        Item.__dict__[name].__set__ for name in ("key", "value", "ttl", "expires_at")
+    )
+
+    def make(key: bytes, value: bytes, ttl: timedelta | None, expires_at: datetime | None) -> Item:
+        item: Item = new(Item)
+        set_key(item, key)
+        set_value(item, value)
+        set_ttl(item, ttl)
+        set_expires(item, expires_at)
+        return item
+
+    return make
+
+
+#: ``Item(key, value, ttl=ttl, expires_at=expires_at)`` for a key and value that
+#: are ``bytes`` already (a backend's rows, protobuf fields): without the
+#: converters' checks. Internal to Prism; callers must pass exactly ``bytes``.
+trusted_item = _item_maker()
 
 
 # -- predicates ------------------------------------------------------------------

@@ -37,6 +37,7 @@ from prism.models import (
     RecordsPage,
     micros_to_datetime,
     now_micros,
+    trusted_item,
 )
 from prism.pagetokens import PageTokenSigner
 from prism.spi import KeyValueBackend, KeyValueTraits, ReadQuery, StoredItem, Version
@@ -142,7 +143,8 @@ class AsyncKeyValue:
             )
         if not record_id:
             raise InvalidArgument("record id must not be empty", namespace=self.name, field="id")
-        size = len(record_id.encode("utf-8"))
+        # An ASCII id is as many bytes as characters; isascii() reads a flag.
+        size = len(record_id) if record_id.isascii() else len(record_id.encode("utf-8"))
         limit = self.max_key_bytes
         if size > limit:
             raise LimitExceeded(
@@ -576,10 +578,6 @@ class AsyncKeyValue:
             f"it was read ({_CHUNK_READ_ATTEMPTS} attempts); retry the read"
         )
 
-    def _to_item(self, row: StoredItem) -> Item:
-        expires = micros_to_datetime(row.expires_at_us) if row.expires_at_us is not None else None
-        return Item(row.key, row.value, expires_at=expires)
-
     def _page_limits(self, limit: int | None, page_size_bytes: int | None) -> tuple[int, int]:
         max_items = self._limits.max_page_items
         if limit is None:
@@ -643,9 +641,11 @@ class AsyncKeyValue:
         record_id = self._check_record_id(record_id)
         predicate = self._check_predicate(AllItems() if predicate is None else predicate)
         max_count, max_bytes = self._page_limits(limit, page_size_bytes)
-        binding = _predicate_binding(record_id, predicate)
+        # The page-token binding only when a token is opened or issued.
+        binding: bytes | None = None
         after: bytes | None = None
         if page_token is not None:
+            binding = _predicate_binding(record_id, predicate)
             cursor = self._signer.open(page_token, self.name, "items", binding)
             after = _decode_key(cursor["after"])
         await self._ensure_ready()
@@ -670,8 +670,10 @@ class AsyncKeyValue:
             dead: list[StoredItem] = []
             full = False
             for row in rows:
-                if row.tombstone or row.expired(now_us):
-                    if row.expired(now_us):
+                expires_at_us = row.expires_at_us
+                expired = expires_at_us is not None and expires_at_us <= now_us
+                if expired or row.tombstone:
+                    if expired:
                         dead.append(row)
                     after = row.key
                     continue
@@ -679,14 +681,28 @@ class AsyncKeyValue:
                 if len(items) >= max_count or (items and used + size > max_bytes):
                     full = True
                     break
-                loaded = await self._value_of(record_id, row)
                 after = row.key
-                if loaded is None:
-                    continue
-                items.append(self._to_item(loaded))
-                used += len(loaded.key) + len(loaded.value)
+                if row.chunk_count:
+                    # Only chunked rows need another read (and an await).
+                    loaded = await self._value_of(record_id, row)
+                    if loaded is None:
+                        continue
+                    row = loaded
+                    expires_at_us = row.expires_at_us
+                # The backend's key and value are bytes already (the SPI's promise).
+                items.append(
+                    trusted_item(
+                        row.key,
+                        row.value,
+                        None,
+                        None if expires_at_us is None else micros_to_datetime(expires_at_us),
+                    )
+                )
+                used += len(row.key) + len(row.value)
             await self._purge(record_id, dead)
             if full:
+                if binding is None:
+                    binding = _predicate_binding(record_id, predicate)
                 token = self._signer.issue(self.name, "items", binding, {"after": _encode_key(after or b"")})
                 return ItemsPage(items, token)
             if len(rows) < want:
