@@ -13,6 +13,7 @@ import asyncio
 import base64
 import os
 import struct
+import threading
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeAlias
@@ -55,19 +56,36 @@ _FIRST_PAGE_BATCH = 128
 
 class _Clock:
     """Server-side versions for writes without a token: the current time, made
-    strictly increasing within the process so two quick writes keep their order."""
+    strictly increasing within the process so two quick writes keep their order.
+
+    The nonce tells processes apart: it is random per process (drawn again in
+    a forked child), and within a process no two versions share a time, so
+    every version is unique and two writers never tie. The lock keeps the
+    times unique across threads (each sync handle runs its own event loop).
+    """
 
     def __init__(self) -> None:
         self._last = 0
+        self._lock = threading.Lock()
+        self._nonce = ""
+        self.reseed()
+
+    def reseed(self) -> None:
+        # Also a fresh lock: a fork may have copied the lock held by another thread.
+        self._lock = threading.Lock()
+        self._nonce = "~server-" + os.urandom(6).hex()
 
     def next_version(self) -> Version:
-        now = max(now_micros(), self._last + 1)
-        self._last = now
-        return Version(now, "~server-" + os.urandom(6).hex())
+        with self._lock:
+            now = now_micros()
+            if now <= self._last:
+                now = self._last + 1
+            self._last = now
+        return Version(now, self._nonce)
 
 
 _clock = _Clock()
-
+os.register_at_fork(after_in_child=_clock.reseed)
 
 #: A write's item before its row: key, value, ttl.
 _PendingPut: TypeAlias = tuple[bytes, bytes, timedelta | None]
