@@ -74,58 +74,59 @@ _HMGET_BATCH = 1000
 _TOMBSTONE = 1
 _EXPIRES = 2
 _CHUNKED = 4
-_TAIL = struct.Struct(">qI")
 _SIZE = struct.Struct(">Q")
 _BIAS = 1 << 63
+#: The head's length and the version's micros.
+_HEAD = struct.Struct(">HQ")
+#: What follows the version: flags, expires_at_us, chunk_count, length of chunk_set.
+_MIDDLE = struct.Struct(">BqIB")
+_UNCHUNKED = {0: _MIDDLE.pack(0, 0, 0, 0), _TOMBSTONE: _MIDDLE.pack(_TOMBSTONE, 0, 0, 0)}
 
 
 def version_bytes(version: Version) -> bytes:
     """``version`` as bytes whose bytewise order is the order of versions."""
-    return struct.pack(">Q", version.micros + _BIAS) + version.nonce.encode("utf-8")
+    return _SIZE.pack(version.micros + _BIAS) + version.nonce.encode("utf-8")
 
 
-def _version_from_bytes(raw: bytes) -> Version:
-    (biased,) = struct.unpack_from(">Q", raw)
-    return Version(biased - _BIAS, raw[8:].decode("utf-8"))
+def _version_head(version: Version) -> bytes:
+    """The row's first bytes: the version's length, then the version."""
+    ver = version_bytes(version)
+    return struct.pack(">H", len(ver)) + ver
 
 
-def encode_row(item: StoredItem) -> bytes:
-    ver = version_bytes(item.version)
+def encode_row(item: StoredItem, head: bytes | None = None) -> bytes:
+    """``head``: ``_version_head(item.version)``, when the caller has it already
+    (the rows of one write share their version)."""
+    if head is None:
+        head = _version_head(item.version)
+    value_size = _SIZE.pack(item.value_size)
+    if item.expires_at_us is None and not item.chunk_count and not item.chunk_set:
+        middle = _UNCHUNKED[_TOMBSTONE if item.tombstone else 0]
+        return b"".join((head, middle, value_size, item.value))
     flags = (
         (_TOMBSTONE if item.tombstone else 0)
         | (_EXPIRES if item.expires_at_us is not None else 0)
         | (_CHUNKED if item.chunk_count > 0 else 0)
     )
     chunk_set = item.chunk_set.encode("ascii")
-    return b"".join(
-        (
-            struct.pack(">H", len(ver)),
-            ver,
-            bytes((flags,)),
-            _TAIL.pack(item.expires_at_us or 0, item.chunk_count),
-            bytes((len(chunk_set),)),
-            chunk_set,
-            _SIZE.pack(item.value_size),
-            bytes(item.value),
-        )
-    )
+    middle = _MIDDLE.pack(flags, item.expires_at_us or 0, item.chunk_count, len(chunk_set))
+    return b"".join((head, middle, chunk_set, value_size, item.value))
 
 
 def decode_row(key: bytes, raw: bytes) -> StoredItem:
-    (n,) = struct.unpack_from(">H", raw)
-    version = _version_from_bytes(raw[2 : 2 + n])
+    # key and raw are bytes (redis-py hands replies over as bytes): no copies.
+    n, biased = _HEAD.unpack_from(raw)
     pos = 2 + n
-    flags = raw[pos]
-    expires, chunk_count = _TAIL.unpack_from(raw, pos + 1)
-    pos += 1 + _TAIL.size
-    set_len = raw[pos]
-    chunk_set = raw[pos + 1 : pos + 1 + set_len].decode("ascii")
-    pos += 1 + set_len
+    nonce = raw[10:pos].decode("utf-8")
+    flags, expires, chunk_count, set_len = _MIDDLE.unpack_from(raw, pos)
+    pos += _MIDDLE.size
+    chunk_set = raw[pos : pos + set_len].decode("ascii") if set_len else ""
+    pos += set_len
     (value_size,) = _SIZE.unpack_from(raw, pos)
     return StoredItem(
-        key=bytes(key),
-        value=bytes(raw[pos + _SIZE.size :]),
-        version=version,
+        key=key,
+        value=raw[pos + _SIZE.size :],
+        version=Version(biased - _BIAS, nonce),
         expires_at_us=expires if flags & _EXPIRES else None,
         tombstone=bool(flags & _TOMBSTONE),
         chunk_count=chunk_count,
@@ -452,9 +453,15 @@ class RedisKeyValue:
             return []
         script = self._script(self._write_script)
         args: list[bytes | str] = [record_id.encode("utf-8"), self._grace_ms]
+        version: Version | None = None
+        head = b""
         for item in items:
+            if item.version is not version:
+                # The rows of one write share one version: encode it once.
+                version = item.version
+                head = _version_head(version)
             expiry = _expiry_ms(item.expires_at_us)
-            args += [bytes(item.key), encode_row(item), "" if expiry is None else str(expiry)]
+            args += [item.key, encode_row(item, head), "" if expiry is None else str(expiry)]
         reply = await self._call(
             f"write to {namespace}/{record_id}",
             script(keys=self._record_keys(namespace, record_id), args=args),
@@ -468,7 +475,7 @@ class RedisKeyValue:
         doing = f"read of {namespace}/{record_id}"
         if query.keys is not None:
             # One HMGET is one snapshot; bounds and order are applied here.
-            keys = sorted({bytes(k) for k in query.keys if query.matches(bytes(k))})
+            keys = sorted({k for k in query.keys if query.matches(k)})
             if not keys:
                 return []
             values: list[Any] = await self._call(doing, self._redis().hmget(rows, keys))
