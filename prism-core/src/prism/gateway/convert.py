@@ -32,6 +32,7 @@ from prism.models import (
     Put,
     datetime_to_micros,
     micros_to_datetime,
+    trusted_item,
 )
 from prism.v1 import common_pb2, keyvalue_pb2, queue_pb2
 
@@ -117,7 +118,8 @@ def item_to_proto(item: Item | Put) -> keyvalue_pb2.Item:
 def item_from_proto(message: keyvalue_pb2.Item) -> Item:
     ttl = duration_to_timedelta(message.ttl) if message.HasField("ttl") else None
     expires = timestamp_to_datetime(message.expires_at) if message.HasField("expires_at") else None
-    return Item(message.key, message.value, ttl=ttl, expires_at=expires)
+    # protobuf's bytes fields are bytes: no converter to run.
+    return trusted_item(message.key, message.value, ttl, expires)
 
 
 def predicate_to_proto(predicate: Predicate | None) -> keyvalue_pb2.Predicate | None:

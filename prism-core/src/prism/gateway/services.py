@@ -221,15 +221,19 @@ class Calls:
         remaining = context.time_remaining()
         in_flight = self.metrics.series(call.label, method, call.backend_label).in_flight
         in_flight.inc()
+        scope: asyncio.Timeout | None = None
         try:
-            async with asyncio.timeout(remaining) as scope:
+            if remaining is None:
+                # No deadline: no timeout scope to enter and leave on every call.
                 result = await operation()
+            else:
+                async with asyncio.timeout(remaining) as scope:
+                    result = await operation()
         except TimeoutError as exc:
             outcome, cause = Outcome.FAILURE, "a timeout"
             # The caller's deadline passing, or the driver's own timeout.
-            failure = (
-                deadline_status(method, namespace, remaining or 0.0, request_id) if scope.expired() else exc
-            )
+            expired = scope is not None and scope.expired()
+            failure = deadline_status(method, namespace, remaining or 0.0, request_id) if expired else exc
         except asyncio.CancelledError:
             outcome = Outcome.NEUTRAL
             call.record("CANCELLED")  # the caller went away
