@@ -106,10 +106,12 @@ def test_a_broken_config_or_abstraction_is_a_usage_error(tmp_path: Path) -> None
     assert "unknown key 'colour'" in out.getvalue()
     out = io.StringIO()
     assert (
-        run("memory", config_path=None, abstraction="graph", report_dir=str(tmp_path), out=out)
-        == EXIT_USAGE
+        run("memory", config_path=None, abstraction="graph", report_dir=str(tmp_path), out=out) == EXIT_USAGE
     )
-    assert "no conformance suite for 'graph' yet (available: keyvalue, queue, timeseries, counter)" in out.getvalue()
+    assert (
+        "no conformance suite for 'graph' yet (available: keyvalue, queue, timeseries, counter)"
+        in out.getvalue()
+    )
 
 
 def test_the_generated_module_holds_one_suite_class(tmp_path: Path) -> None:

@@ -59,7 +59,10 @@ def test_every_problem_is_reported_at_once() -> None:
         }
     )
     text = "\n".join(problems)
-    assert "namespaces.users.abstraction: expected one of 'keyvalue', 'queue', 'timeseries', 'counter', got 'kv'" in text
+    assert (
+        "namespaces.users.abstraction: expected one of 'keyvalue', 'queue', 'timeseries', 'counter', got 'kv'"
+        in text
+    )
     assert "namespaces.users.needs.ttl: expected a duration" in text
     assert "(top level): unknown key 'typo_key'" in text
     assert "backends.mem: unknown key 'bogus'" in text
