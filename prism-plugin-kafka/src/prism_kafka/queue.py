@@ -25,7 +25,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -248,11 +248,9 @@ class KafkaQueue:
         self._next_partition[name] = turn + 1
         unkeyed_partition = turn % partitions
         now_ms = time.time_ns() // 1_000_000
-        futures: list[asyncio.Future[tuple[int, int]]] = []
-        for message in messages:
-            future: asyncio.Future[tuple[int, int]] = loop.create_future()
-            futures.append(future)
-            report = partial(self._delivered, loop, future, namespace, topic)
+        batch = _PublishBatch(loop, len(messages), partial(self._failure, namespace, topic))
+        for index, message in enumerate(messages):
+            report = partial(batch.report, index)
             while True:
                 try:
                     if message.key:
@@ -278,12 +276,12 @@ class KafkaQueue:
                     # The producer's local queue is full: let it drain a while.
                     await asyncio.to_thread(producer.flush, 1.0)
                 except KafkaException as exc:
-                    for pending in futures:
-                        pending.cancel()
+                    # Reports of the messages produced so far still arrive; nobody waits for them.
+                    batch.future.cancel()
                     raise self._error(
                         f"publishing to Kafka topic {name!r} (namespace {namespace!r}, topic {topic!r})", exc
                     ) from exc
-        results = await asyncio.gather(*futures, return_exceptions=True)
+        results = await batch.future
         ids: list[str] = []
         high = self._published_high.setdefault(name, {})
         failure: BaseException | None = None
@@ -298,29 +296,11 @@ class KafkaQueue:
             raise failure
         return ids
 
-    def _delivered(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        future: asyncio.Future[tuple[int, int]],
-        namespace: str,
-        topic: str,
-        error: KafkaError | None,
-        record: Message,
-    ) -> None:
-        """A delivery report, on the producer's thread: settle the future on the loop."""
-        partition, offset = record.partition(), record.offset()
-        if error is None and (partition is None or offset is None):
-            error = KafkaError(KafkaError._FAIL, "the delivery report lacks partition or offset")
-        if error is not None:
-            failure = self._error(
-                f"publishing to Kafka topic {record.topic()!r} (namespace {namespace!r}, topic {topic!r})",
-                f"{error.str()}{'' if error.retriable() else ' (not retriable)'}",
-            )
-            outcome: tuple[int, int] | BackendError = failure
-        else:
-            outcome = (partition or 0, offset or 0)
-        with contextlib.suppress(RuntimeError):  # the loop is gone; nobody waits for this report
-            loop.call_soon_threadsafe(_settle, future, outcome)
+    def _failure(self, namespace: str, topic: str, error: KafkaError, record: Message) -> BackendError:
+        return self._error(
+            f"publishing to Kafka topic {record.topic()!r} (namespace {namespace!r}, topic {topic!r})",
+            f"{error.str()}{'' if error.retriable() else ' (not retriable)'}",
+        )
 
     # -- consume ------------------------------------------------------------------------
 
@@ -488,13 +468,48 @@ class KafkaQueue:
         return out
 
 
-def _settle(future: asyncio.Future[tuple[int, int]], outcome: tuple[int, int] | BaseException) -> None:
-    if future.done():
-        return
-    if isinstance(outcome, BaseException):
-        future.set_exception(outcome)
-    else:
-        future.set_result(outcome)
+class _PublishBatch:
+    """The delivery reports of one publish call, gathered on the producer's
+    thread(s) and handed to the event loop once, when the last one arrives:
+    one future and one cross-thread wake-up per call, not per message."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        count: int,
+        failure: Callable[[KafkaError, Message], BackendError],
+    ) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[list[tuple[int, int] | BackendError]] = loop.create_future()
+        self._results: list[tuple[int, int] | BackendError] = [_NO_REPORT] * count
+        self._left = count
+        self._failure = failure
+        # Reports come from whichever thread polls the producer: its own
+        # thread, or a flush when the local queue is full.
+        self._lock = threading.Lock()
+
+    def report(self, index: int, error: KafkaError | None, record: Message) -> None:
+        """A delivery report (on a producer thread)."""
+        partition, offset = record.partition(), record.offset()
+        if error is None and (partition is None or offset is None):
+            error = KafkaError(KafkaError._FAIL, "the delivery report lacks partition or offset")
+        outcome = self._failure(error, record) if error is not None else (partition or 0, offset or 0)
+        with self._lock:
+            self._results[index] = outcome
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            with contextlib.suppress(RuntimeError):  # the loop is gone; nobody waits for this publish
+                self.loop.call_soon_threadsafe(self._settle)
+
+    def _settle(self) -> None:
+        if not self.future.done():
+            self.future.set_result(self._results)
+
+
+#: A placeholder until a message's report arrives (never returned: the batch
+#: settles only when every report is in).
+_NO_REPORT: tuple[int, int] = (-1, -1)
 
 
 def _traits(settings: KafkaSettings) -> QueueTraits:
