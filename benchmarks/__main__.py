@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import report
-from benchmarks.harness import Progress, Result, Settings, Skip
+from benchmarks.harness import Progress, Result, Settings, Skip, pinned
 from benchmarks.services import Services, discover
 
 HERE = Path(__file__).resolve().parent
@@ -34,7 +34,7 @@ def _groups() -> list[Group]:
     from benchmarks import gateway, kv_embedded, queue_embedded, queue_kafka, ts_counter
 
     return [
-        Group("keyvalue embedded sqlite", (), lambda s, p, sv: kv_embedded.run_sqlite(s, p)),
+        Group("keyvalue embedded sqlite", (), lambda s, p, sv: pinned(kv_embedded.run_sqlite(s, p))),
         Group(
             "keyvalue embedded redis",
             ("redis",),
@@ -73,7 +73,7 @@ def _groups() -> list[Group]:
             ("kafka",),
             lambda s, p, sv: queue_kafka.run_publish(s, p, sv.kafka or ""),
         ),
-        Group("queue publish sqlite", (), lambda s, p, sv: queue_embedded.run_publish_sqlite(s, p)),
+        Group("queue publish sqlite", (), lambda s, p, sv: pinned(queue_embedded.run_publish_sqlite(s, p))),
         Group(
             "queue publish redis",
             ("redis",),
@@ -89,7 +89,11 @@ def _groups() -> list[Group]:
             ("redis",),
             lambda s, p, sv: queue_embedded.run_round_trip_redis(s, p, sv.redis_url or ""),
         ),
-        Group("queue publish-to-ack sqlite", (), lambda s, p, sv: queue_embedded.run_round_trip_sqlite(s, p)),
+        Group(
+            "queue publish-to-ack sqlite",
+            (),
+            lambda s, p, sv: pinned(queue_embedded.run_round_trip_sqlite(s, p)),
+        ),
         Group("ts-counter sqlite embedded", (), lambda s, p, sv: ts_counter.run_sqlite(s, p)),
         Group(
             "ts-counter redis embedded",

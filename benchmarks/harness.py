@@ -4,9 +4,11 @@ Prism against its baseline in the same run, interleaved."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -188,3 +190,39 @@ async def interleaved(
                 f" | baseline {b.ops_per_s:,.0f} ops/s p99 {b.p99_ms:.3f} ms"
             )
     return median_of(prism_runs), median_of(base_runs)
+
+
+@contextlib.contextmanager
+def one_core() -> Iterator[int | None]:
+    """Run this thread, and the threads it starts meanwhile, on one core.
+
+    A sqlite call is a hop to the connection's worker thread and back. On this
+    2-core machine a hop's cost depends on where the kernel put the worker
+    thread: on the caller's core a ~0.05 ms counter call took ~0.035 ms, on
+    the other core ~0.07-0.1 ms, and a thread kept its placement for seconds, so
+    unpinned, Prism's and the baseline's worker threads landed on different
+    sides in different runs and the counter ratios swung from 0.4 to 2.5 from
+    one run to the next (while the counter figures on redis, with no thread,
+    repeated within a few percent). Pinned, both sides' hops are same-core and
+    the ratio is about the work done. Threads created before (none of this
+    group's) keep their affinity; this thread's is restored afterwards."""
+    if not hasattr(os, "sched_setaffinity"):
+        yield None
+        return
+    before = os.sched_getaffinity(0)
+    core = min(before)
+    os.sched_setaffinity(0, {core})
+    try:
+        yield core
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+async def pinned(results: AsyncIterator[Result]) -> AsyncIterator[Result]:
+    """Run a group's scenarios under :func:`one_core`, noting the core in each
+    result. For groups whose calls hop to a worker thread (sqlite)."""
+    with one_core() as core:
+        collected = [result async for result in results]
+    for result in collected:
+        result.notes["pinned_to_core"] = core
+        yield result

@@ -24,17 +24,16 @@ does; the fixed-rate latency figure for a small call is the KeyValue one.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import prism
 from benchmarks import gateway
-from benchmarks.harness import Op, Progress, Result, Settings, closed_loop, interleaved
+from benchmarks.harness import Op, Progress, Result, Settings, closed_loop, interleaved, one_core
 from benchmarks.profiling import pyinstrument_profile
 from benchmarks.raw_ts_counter import RawRedisTsCounter, RawSqliteTsCounter, Row
 from benchmarks.stats import Sample
@@ -316,32 +315,6 @@ async def _embedded(
             split=EMBEDDED_SPLIT,
             scale=EMBEDDED_SCALE,
         )
-
-
-@contextlib.contextmanager
-def one_core() -> Iterator[int | None]:
-    """Run this thread, and the threads it starts meanwhile, on one core.
-
-    A sqlite call is a hop to the connection's worker thread and back. On this
-    2-core machine a hop's cost depends on where the kernel put the worker
-    thread: on the caller's core a ~0.05 ms counter call took ~0.035 ms, on
-    the other core ~0.07-0.1 ms, and a thread kept its placement for seconds, so
-    unpinned, Prism's and the baseline's worker threads landed on different
-    sides in different runs and the counter ratios swung from 0.4 to 2.5 from
-    one run to the next (while the counter figures on redis, with no thread,
-    repeated within a few percent). Pinned, both sides' hops are same-core and
-    the ratio is about the work done. Threads created before (none of this
-    group's) keep their affinity; this thread's is restored afterwards."""
-    if not hasattr(os, "sched_setaffinity"):
-        yield None
-        return
-    before = os.sched_getaffinity(0)
-    core = min(before)
-    os.sched_setaffinity(0, {core})
-    try:
-        yield core
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 async def run_sqlite(settings: Settings, progress: Progress) -> AsyncIterator[Result]:
