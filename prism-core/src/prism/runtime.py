@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar, cast
@@ -279,6 +280,41 @@ class Runtime:
             backend = cache[chosen.backend] = create(chosen.backend, resolved)
         return backend
 
+    def _open(
+        self,
+        name: str,
+        abstraction: str,
+        backends: dict[str, B],
+        types: Mapping[str, Any],
+        provision: Callable[[B, NamespaceConfig], Awaitable[None]],
+    ) -> tuple[NamespaceConfig, NamespacePlan, Any, Any, B, Callable[[], Awaitable[None]]]:
+        """Plan ``name``, find or create its backend object, and make the
+        ``ensure_ready`` its handle awaits before each operation: it starts the
+        backend and provisions the namespace once (with ``provision``), then
+        is a flag check.
+
+        Returns the namespace's config, its plan, the backend type, its
+        traits, the backend and ``ensure_ready``.
+        """
+        ns, chosen, settings = self._route(name, abstraction)
+        backend_type = types[chosen.plugin]
+        traits = backend_type.traits(settings)
+        backend = self._instance(backends, chosen, backend_type.create)
+        ready = False
+
+        async def ensure_ready() -> None:
+            # Once started and provisioned, every later call is a flag check.
+            nonlocal ready
+            if ready:
+                return
+            await self._ensure_ready(
+                abstraction, chosen.backend, backend, name, partial(provision, backend, ns)
+            )
+            ready = True
+
+        self._readiness[(abstraction, name)] = ensure_ready
+        return ns, chosen, backend_type, traits, backend, ensure_ready
+
     def keyvalue(self, name: str) -> AsyncKeyValue:
         """The KeyValue namespace ``name``.
 
@@ -288,25 +324,10 @@ class Runtime:
         cached = self._keyvalue.get(name)
         if cached is not None and not self._closed:
             return cached
-        ns, chosen, settings = self._route(name, "keyvalue")
-        backend_type = self.plugins.registry.keyvalue[chosen.plugin]
-        traits = backend_type.traits(settings)
-        backend = self._instance(self._backends, chosen, backend_type.create)
-
-        ready = False
-
-        async def ensure_ready() -> None:
-            # Once started and provisioned, every later call is a flag check.
-            nonlocal ready
-            if ready:
-                return
-            await self._ensure_ready(
-                "keyvalue", chosen.backend, backend, name, lambda: backend.provision(name)
-            )
-            ready = True
-
-        self._readiness[("keyvalue", name)] = ensure_ready
-
+        types = self.plugins.registry.keyvalue
+        ns, chosen, backend_type, traits, backend, ensure_ready = self._open(
+            name, "keyvalue", self._backends, types, lambda backend, _: backend.provision(name)
+        )
         handle = self._keyvalue[name] = AsyncKeyValue(
             name,
             ns,
@@ -329,25 +350,10 @@ class Runtime:
         cached = self._queue.get(name)
         if cached is not None and not self._closed:
             return cached
-        ns, chosen, settings = self._route(name, "queue")
-        backend_type = self.plugins.registry.queue[chosen.plugin]
-        traits = backend_type.traits(settings)
-        backend = self._instance(self._queue_backends, chosen, backend_type.create)
-
-        ready = False
-
-        async def ensure_ready() -> None:
-            # Once started and provisioned, every later call is a flag check.
-            nonlocal ready
-            if ready:
-                return
-            await self._ensure_ready(
-                "queue", chosen.backend, backend, name, lambda: backend.provision(name, ns)
-            )
-            ready = True
-
-        self._readiness[("queue", name)] = ensure_ready
-
+        types = self.plugins.registry.queue
+        ns, chosen, backend_type, traits, backend, ensure_ready = self._open(
+            name, "queue", self._queue_backends, types, lambda backend, ns: backend.provision(name, ns)
+        )
         handle = self._queue[name] = AsyncQueue(
             name,
             ns,
@@ -369,22 +375,14 @@ class Runtime:
         cached = self._timeseries.get(name)
         if cached is not None and not self._closed:
             return cached
-        ns, chosen, settings = self._route(name, "timeseries")
-        backend_type = self.plugins.registry.timeseries[chosen.plugin]
-        traits = backend_type.traits(settings)
-        backend = self._instance(self._timeseries_backends, chosen, backend_type.create)
-        ready = False
-
-        async def ensure_ready() -> None:
-            nonlocal ready
-            if ready:
-                return
-            await self._ensure_ready(
-                "timeseries", chosen.backend, backend, name, lambda: backend.provision(name, ns)
-            )
-            ready = True
-
-        self._readiness[("timeseries", name)] = ensure_ready
+        types = self.plugins.registry.timeseries
+        ns, chosen, backend_type, traits, backend, ensure_ready = self._open(
+            name,
+            "timeseries",
+            self._timeseries_backends,
+            types,
+            lambda backend, ns: backend.provision(name, ns),
+        )
         handle = self._timeseries[name] = AsyncTimeSeries(
             name,
             ns,
@@ -407,22 +405,10 @@ class Runtime:
         cached = self._counter.get(name)
         if cached is not None and not self._closed:
             return cached
-        ns, chosen, settings = self._route(name, "counter")
-        backend_type = self.plugins.registry.counter[chosen.plugin]
-        traits = backend_type.traits(settings)
-        backend = self._instance(self._counter_backends, chosen, backend_type.create)
-        ready = False
-
-        async def ensure_ready() -> None:
-            nonlocal ready
-            if ready:
-                return
-            await self._ensure_ready(
-                "counter", chosen.backend, backend, name, lambda: backend.provision(name, ns)
-            )
-            ready = True
-
-        self._readiness[("counter", name)] = ensure_ready
+        types = self.plugins.registry.counter
+        ns, chosen, backend_type, traits, backend, ensure_ready = self._open(
+            name, "counter", self._counter_backends, types, lambda backend, ns: backend.provision(name, ns)
+        )
         handle = self._counter[name] = AsyncCounter(
             name,
             ns,
