@@ -88,6 +88,11 @@ DEFAULT_MAX_MESSAGES = 10
 _CONSUME_MARGIN_S = 0.25
 
 
+#: A cancel this close to the caller's deadline (or after it) is the deadline
+#: expiring, not the caller leaving: grpc's timer and ours may differ slightly.
+_DEADLINE_SLACK_S = 0.005
+
+
 def request_id_of(context: Context) -> str:
     """The caller's ``x-request-id`` when it is a sane token, else a new id."""
     for key, value in context.invocation_metadata() or ():
@@ -235,8 +240,16 @@ class Calls:
             expired = scope is not None and scope.expired()
             failure = deadline_status(method, namespace, remaining or 0.0, request_id) if expired else exc
         except asyncio.CancelledError:
-            outcome = Outcome.NEUTRAL
-            call.record("CANCELLED")  # the caller went away
+            # grpc cancels the handler when the caller goes away, and also when
+            # the caller's deadline passes, racing the timeout scope above. A
+            # cancel at the deadline is the deadline expiring: log and count it
+            # as one, whichever timer won.
+            if remaining is not None and context.time_remaining() <= _DEADLINE_SLACK_S:
+                outcome, cause = Outcome.FAILURE, "a timeout"
+                call.record("DEADLINE_EXCEEDED")
+            else:
+                outcome = Outcome.NEUTRAL
+                call.record("CANCELLED")  # the caller went away
             raise
         except Exception as exc:
             unavailable = code_for(exc) is grpc.StatusCode.UNAVAILABLE
