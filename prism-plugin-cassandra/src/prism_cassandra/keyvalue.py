@@ -509,6 +509,24 @@ class CassandraKeyValue:
         if cluster is not None:
             await asyncio.get_running_loop().run_in_executor(None, cluster.shutdown)
 
+    async def ensure_keyspace(self) -> None:
+        """Create the keyspace, with the configured replication, unless this
+        object already did (the TimeSeries and Counter backends use it too)."""
+        if self._keyspace_ready:
+            return
+        session = self._live_session()
+        s = self.settings
+        if s.replication is not None:
+            dcs = ", ".join(f"'{dc}': {n}" for dc, n in sorted(s.replication.items()))
+            replication = f"{{'class': 'NetworkTopologyStrategy', {dcs}}}"
+        else:
+            replication = f"{{'class': 'SimpleStrategy', 'replication_factor': {s.replication_factor}}}"
+        cql = f'CREATE KEYSPACE IF NOT EXISTS "{s.keyspace}" WITH replication = {replication}'
+        # Schema changes go through the driver's blocking path, which waits
+        # for schema agreement so that every node knows the table at once.
+        await self._blocking(lambda: session.execute(cql), f"creating keyspace {s.keyspace!r}")
+        self._keyspace_ready = True
+
     # -- the SPI -------------------------------------------------------------------------
 
     async def provision(self, namespace: str) -> None:
@@ -516,18 +534,7 @@ class CassandraKeyValue:
             return
         sql = self._sql(namespace)
         session = self._live_session()
-        if not self._keyspace_ready:
-            s = self.settings
-            if s.replication is not None:
-                dcs = ", ".join(f"'{dc}': {n}" for dc, n in sorted(s.replication.items()))
-                replication = f"{{'class': 'NetworkTopologyStrategy', {dcs}}}"
-            else:
-                replication = f"{{'class': 'SimpleStrategy', 'replication_factor': {s.replication_factor}}}"
-            cql = f'CREATE KEYSPACE IF NOT EXISTS "{s.keyspace}" WITH replication = {replication}'
-            # Schema changes go through the driver's blocking path, which waits
-            # for schema agreement so that every node knows the table at once.
-            await self._blocking(lambda: session.execute(cql), f"creating keyspace {s.keyspace!r}")
-            self._keyspace_ready = True
+        await self.ensure_keyspace()
         await self._blocking(lambda: session.execute(sql.create), f"creating the table of {namespace!r}")
         # Prepared here, all at once, so that no data call pays a prepare round trip.
         await asyncio.gather(*(self._prepare(cql) for cql in sql.everything()))

@@ -186,6 +186,7 @@ class CassandraStore:
             )
 
     def _schema(self) -> list[str]:
+        """The CREATE TABLE statements of the subclass's tables."""
         raise NotImplementedError
 
     async def _ensure_schema(self) -> None:
@@ -196,15 +197,8 @@ class CassandraStore:
         async with self._schema_lock:
             if self._schema_ready:
                 return
+            await self._conn.ensure_keyspace()
             session = self._conn._live_session()
-            s = self.settings
-            if s.replication is not None:
-                dcs = ", ".join(f"'{dc}': {n}" for dc, n in sorted(s.replication.items()))
-                replication = f"{{'class': 'NetworkTopologyStrategy', {dcs}}}"
-            else:
-                replication = f"{{'class': 'SimpleStrategy', 'replication_factor': {s.replication_factor}}}"
-            keyspace = f'CREATE KEYSPACE IF NOT EXISTS "{s.keyspace}" WITH replication = {replication}'
-            await self._conn._blocking(lambda: session.execute(keyspace), f"creating keyspace {s.keyspace!r}")
             for cql in self._schema():
                 await self._conn._blocking(_executing(session, cql), "creating a table")
             self._schema_ready = True
