@@ -64,6 +64,7 @@ from prism_conformance.handles import (
 )
 
 T = TypeVar("T")
+H = TypeVar("H")
 
 BACKEND_NAME = "under_test"
 
@@ -233,18 +234,12 @@ class NamespaceHarness:
         token used in the wrong namespace is refused for its binding, not merely
         for a foreign signature.
         """
-        names = [unique_namespace_name() for _ in range(count)]
         body: dict[str, Any] = {"abstraction": "keyvalue", "backend": BACKEND_NAME}
         if limits:
             body["limits"] = dict(limits)
         if needs:
             body["needs"] = dict(needs)
-        db = self._open_prism(names, body)
-        try:
-            handles = tuple(db.keyvalue(name) for name in names)
-        except BaseException:
-            db.close()
-            raise
+        db, handles = self._fresh(count, body, lambda db, name: db.keyvalue(name))
         opened = OpenedNamespaces(db, handles)
         self._opened.append(opened)
         return opened
@@ -261,19 +256,9 @@ class NamespaceHarness:
         ``queue={"visibility_timeout": "2s"}``). As for :meth:`open`, every
         namespace is pinned to the backend under test, so a need it cannot meet
         raises ``PlanError``."""
-        names = [unique_namespace_name() for _ in range(count)]
-        body: dict[str, Any] = {"abstraction": "queue", "backend": BACKEND_NAME}
-        if queue:
-            body["queue"] = dict(queue)
-        if needs:
-            body["needs"] = dict(needs)
-        db = self._open_prism(names, body)
-        try:
-            handles = tuple(db.queue(name) for name in names)
-        except BaseException:
-            db.close()
-            raise
-        opened = OpenedQueues(db, handles)
+        body = self._body("queue", queue, needs)
+        db, queues = self._fresh(count, body, lambda db, name: db.queue(name))
+        opened = OpenedQueues(db, queues)
         self._opened.append(opened)
         return opened
 
@@ -288,15 +273,9 @@ class NamespaceHarness:
         ``timeseries:`` settings given (as in ``prism.yaml``, e.g.
         ``timeseries={"retention": "2s", "bucket": "1s"}``), pinned to the
         backend under test."""
-        names = [unique_namespace_name() for _ in range(count)]
         body = self._body("timeseries", timeseries, needs)
-        db = self._open_prism(names, body)
-        try:
-            handles = tuple(db.timeseries(name) for name in names)
-        except BaseException:
-            db.close()
-            raise
-        opened = OpenedTimeSeries(db, handles)
+        db, series = self._fresh(count, body, lambda db, name: db.timeseries(name))
+        opened = OpenedTimeSeries(db, series)
         self._opened.append(opened)
         return opened
 
@@ -311,15 +290,9 @@ class NamespaceHarness:
         settings given (e.g. ``counter={"mode": "exact", "token_window": "2s"}``),
         pinned to the backend under test: a mode the backend does not declare
         raises ``PlanError``."""
-        names = [unique_namespace_name() for _ in range(count)]
         body = self._body("counter", counter, needs)
-        db = self._open_prism(names, body)
-        try:
-            handles = tuple(db.counter(name) for name in names)
-        except BaseException:
-            db.close()
-            raise
-        opened = OpenedCounters(db, handles)
+        db, counters = self._fresh(count, body, lambda db, name: db.counter(name))
+        opened = OpenedCounters(db, counters)
         self._opened.append(opened)
         return opened
 
@@ -360,6 +333,19 @@ class NamespaceHarness:
 
     def _open_prism(self, names: list[str], body: Mapping[str, Any]) -> prism.Prism:
         return prism.open(self._config(names, body), plugins=self.plugins)
+
+    def _fresh(
+        self, count: int, body: Mapping[str, Any], open_one: Callable[[prism.Prism, str], H]
+    ) -> tuple[prism.Prism, tuple[H, ...]]:
+        """``count`` fresh namespaces declared with ``body`` in one new Prism,
+        and their handles (``open_one``); the Prism is closed if one fails."""
+        names = [unique_namespace_name() for _ in range(count)]
+        db = self._open_prism(names, body)
+        try:
+            return db, tuple(open_one(db, name) for name in names)
+        except BaseException:
+            db.close()
+            raise
 
     def owner_of(self, kv: KeyValueHandle) -> OpenedNamespaces:
         """The Prism a namespace handle of this harness belongs to."""
